@@ -221,7 +221,8 @@ def test_int_accepted_for_float_and_string_literals_evaluated(tmp_path):
 
 
 @pytest.mark.parametrize("override", ["SOLVER.BASE_LR=abc", "SOLVER.MAX_ITER=1.5",
-                                      "MODEL.MASK_ON=1", "SOLVER.STEPS=3", "TRAINER.LOG_PERIOD=[1]"])
+                                      "MODEL.MASK_ON=1", "SOLVER.STEPS=3",
+                                      "TRAINER.LOG_PERIOD=[1]"])
 def test_type_errors_name_the_key(override):
     with pytest.raises(ConfigTypeError, match=override.split("=")[0].replace(".", r"\.")):
         load_config(overrides=[override])
@@ -304,3 +305,18 @@ def test_bad_files_name_the_file(tmp_path):
 def test_override_without_value_is_an_error():
     with pytest.raises(ConfigError, match="SEED"):
         load_config(overrides=["SEED"])
+
+
+def test_dict_methods_cannot_bypass_the_checks():
+    cfg = load_config()
+    with pytest.raises(ConfigFrozenError):
+        cfg.SOLVER.update(BASE_LR=0.1)
+    with pytest.raises(ConfigError):
+        cfg.SOLVER.pop("BASE_LR")
+    with pytest.raises(ConfigError):
+        del cfg.SOLVER["BASE_LR"]
+    mutable = get_cfg()
+    with pytest.raises(ConfigKeyError, match="SOLVER.BASE_LRR"):
+        mutable.SOLVER.update(BASE_LRR=0.1)
+    mutable.SOLVER.update({"BASE_LR": 1})
+    assert mutable.SOLVER.BASE_LR == 1.0

@@ -110,6 +110,22 @@ class CfgNode(dict):
     def __delattr__(self, name):
         raise ConfigError(f"config keys cannot be deleted: {self._full_key(name)}")
 
+    __delitem__ = __delattr__
+
+    def update(self, *args, **kwargs):
+        """dict.update through the same checks as attribute setting."""
+        self.merge_from_dict(dict(*args, **kwargs))
+
+    def _no_removal(self, *args, **kwargs):
+        raise ConfigError(f"config keys cannot be removed (node '{self._prefix or '<root>'}')")
+
+    pop = popitem = clear = _no_removal
+
+    def setdefault(self, name, default=None):
+        if name not in self:
+            raise self._unknown_key(name)
+        return self[name]
+
     def _add(self, name, value):
         """Add a key without checks (building the defaults)."""
         full = self._full_key(name)
@@ -283,9 +299,10 @@ def _coerce(value, default, key):
         return type(default)(value)
     elif type(value) is type(default):
         return value
+    hint = " Write a list, e.g. [a, b]." if isinstance(default, (list, tuple)) else ""
     raise ConfigTypeError(
         f"Config key '{key}' expects {type(default).__name__} (now {default!r}), "
-        f"got {type(value).__name__} {value!r}.")
+        f"got {type(value).__name__} {value!r}.{hint}")
 
 
 def _parse_override(text, default):

@@ -77,11 +77,13 @@ def _centre_size(boxes):
 
 def box_area(boxes):
     # (..., 4) -> (...); may be negative for inverted boxes, like detectron2's Boxes.area
+    boxes = tf.convert_to_tensor(boxes)
     return (boxes[..., 2] - boxes[..., 0]) * (boxes[..., 3] - boxes[..., 1])
 
 
 def _pairwise_intersection(boxes1, boxes2):
     # (..., N, 4), (..., M, 4) -> (..., N, M) intersection areas (>= 0)
+    boxes1, boxes2 = tf.convert_to_tensor(boxes1), tf.convert_to_tensor(boxes2)
     b1 = boxes1[..., :, None, :]
     b2 = boxes2[..., None, :, :]
     iw = tf.minimum(b1[..., 2], b2[..., 2]) - tf.maximum(b1[..., 0], b2[..., 0])
@@ -116,8 +118,15 @@ def pairwise_ioa(boxes1, boxes2):
 
 
 def clip_boxes(boxes, image_sizes):
-    """Clamp x to [0, w] and y to [0, h]; image_sizes (h, w) is (2,) or broadcastable (..., 2)."""
+    """Clamp x to [0, w] and y to [0, h] of boxes (..., 4).
+
+    image_sizes holds (h, w) with leading dims that are a prefix of the boxes' leading dims:
+    (2,) for all boxes, (B, 2) for boxes (B, N, 4) or (B, L, N, 4), and so on.
+    """
+    boxes = tf.convert_to_tensor(boxes)
     sizes = tf.cast(image_sizes, boxes.dtype)
+    for _ in range(boxes.shape.rank - sizes.shape.rank):
+        sizes = sizes[..., None, :]  # align the batch prefix, broadcast over the rest
     h, w = sizes[..., 0:1], sizes[..., 1:2]  # (..., 1) so they broadcast against (..., 1) columns
     x0 = tf.clip_by_value(boxes[..., 0:1], 0.0, w)
     y0 = tf.clip_by_value(boxes[..., 1:2], 0.0, h)
@@ -128,6 +137,7 @@ def clip_boxes(boxes, image_sizes):
 
 def nonempty_mask(boxes, threshold: float = 0.0):
     # (..., 4) -> (...) bool: both sides strictly longer than threshold
+    boxes = tf.convert_to_tensor(boxes)
     return tf.logical_and(boxes[..., 2] - boxes[..., 0] > threshold,
                           boxes[..., 3] - boxes[..., 1] > threshold)
 

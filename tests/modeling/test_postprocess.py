@@ -1,0 +1,67 @@
+"""detector_postprocess / unbatch_outputs: separate x/y rescale, clip, empty-box drop, paste."""
+import numpy as np
+import tensorflow as tf
+
+from tfmrcnn.modeling.mask_paste import paste_masks_in_image
+from tfmrcnn.modeling.postprocess import detector_postprocess, unbatch_outputs
+
+
+def _outputs(seed=0, batch=2, dets=6):
+    rng = np.random.default_rng(seed)
+    xy = rng.uniform(0, 60, (batch, dets, 2))
+    boxes = np.concatenate([xy, xy + rng.uniform(3, 30, (batch, dets, 2))], -1).astype(np.float32)
+    return {"boxes": boxes, "scores": rng.uniform(0, 1, (batch, dets)).astype(np.float32),
+            "classes": rng.integers(0, 5, (batch, dets)).astype(np.int32),
+            "masks": rng.uniform(0, 1, (batch, dets, 28, 28)).astype(np.float32),
+            "num_detections": np.array([4, 0], np.int32)}
+
+
+def test_unbatch_drops_padding_rows_and_accepts_tensors():
+    outputs = _outputs()
+    per_image = unbatch_outputs({k: tf.constant(v) for k, v in outputs.items()})
+    assert len(per_image) == 2
+    assert per_image[0]["boxes"].shape == (4, 4) and per_image[0]["masks"].shape == (4, 28, 28)
+    assert per_image[1]["scores"].shape == (0,)
+    np.testing.assert_array_equal(per_image[0]["classes"], outputs["classes"][0, :4])
+
+
+def test_separate_xy_scales_clip_and_drop_empty():
+    resized_hw, original_hw = (80, 100), (50, 160)          # y scale 0.625, x scale 1.6
+    boxes = np.array([[10, 8, 40, 30],       # plain
+                      [-5, 70, 120, 95],     # partly outside: clipped
+                      [101, 10, 130, 20],    # right of the image: zero width after clip, dropped
+                      [20, 20, 20, 40]],     # zero width: dropped
+                     np.float32)
+    outputs = {"boxes": boxes, "scores": np.array([0.9, 0.8, 0.7, 0.6], np.float32),
+               "classes": np.array([1, 2, 3, 4], np.int32),
+               "masks": np.ones((4, 28, 28), np.float32)}
+    res = detector_postprocess(outputs, resized_hw, original_hw)
+    expected = np.array([[16, 5, 64, 18.75], [0, 43.75, 160, 50]], np.float32)
+    np.testing.assert_allclose(res["boxes"], expected, rtol=1e-6)
+    np.testing.assert_array_equal(res["classes"], [1, 2])
+    np.testing.assert_allclose(res["scores"], [0.9, 0.8])
+    assert res["masks"].shape == (2, 50, 160) and res["masks"].dtype == bool
+    # an all-ones mask fills exactly the pixels whose centre lies inside the clipped box
+    ys, xs = np.mgrid[0:50, 0:160] + 0.5
+    for k, (x0, y0, x1, y1) in enumerate(expected):
+        inside = (xs > x0) & (xs < x1) & (ys > y0) & (ys < y1)
+        np.testing.assert_array_equal(res["masks"][k], inside)
+
+
+def test_masks_are_pasted_at_original_resolution_with_rescaled_boxes():
+    outputs = _outputs(seed=3)
+    res = detector_postprocess({k: v[:1] for k, v in outputs.items()}, (90, 96), (45, 128))
+    boxes = outputs["boxes"][0, :4] * np.array([128 / 96, 45 / 90] * 2, np.float32)
+    boxes = np.minimum(np.maximum(boxes, 0), [128, 45, 128, 45]).astype(np.float32)
+    np.testing.assert_allclose(res["boxes"], boxes, rtol=1e-6)
+    np.testing.assert_array_equal(
+        res["masks"], paste_masks_in_image(outputs["masks"][0, :4], res["boxes"], (45, 128)))
+
+
+def test_no_detections_and_no_masks():
+    empty = {"boxes": np.zeros((0, 4), np.float32), "scores": np.zeros(0, np.float32),
+             "classes": np.zeros(0, np.int32), "masks": np.zeros((0, 28, 28), np.float32)}
+    res = detector_postprocess(empty, (32, 32), (20, 24))
+    assert res["boxes"].shape == (0, 4) and res["masks"].shape == (0, 20, 24)
+    box_only = {k: v for k, v in empty.items() if k != "masks"}
+    assert "masks" not in detector_postprocess(box_only, (32, 32), (20, 24))

@@ -1,0 +1,201 @@
+"""The detectron2 state dict of a ResNet-FPN (Mask/Faster) R-CNN, from the config alone.
+
+Convention: names and shapes are detectron2's (PyTorch layouts: conv (out, in/groups, kh, kw),
+deconv (in, out, kh, kw), linear (out, in)), derived from detectron2's documented architecture
+(modeling/backbone/resnet.py, fpn.py, proposal_generator/rpn.py, roi_heads/box_head.py,
+fast_rcnn.py, mask_head.py), independently of tfmrcnn's model code, so that it can serve as the
+reference the model's variable names are checked against. Buffers that are not weights
+(``num_batches_tracked``, anchors, pixel statistics) are not listed.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Dict, List, Optional, Tuple
+
+__all__ = [
+    "TensorSpec", "expected_d2_tensors", "expected_d2_state_dict_shapes", "norm_suffixes",
+    "resnet_num_blocks", "BOTTOM_UP", "FPN_STAGES",
+]
+
+BOTTOM_UP = "backbone.bottom_up"
+FPN_STAGES = (2, 3, 4, 5)  # res2..res5 feed the FPN; P6 is a parameter-free max-pool
+
+# Norms that keep batch statistics at inference; detectron2's debugging variants of SyncBN
+# (nnSyncBN, naiveSyncBN, naiveSyncBN_N) store exactly what SyncBN stores.
+_STAT_NORMS = ("FrozenBN", "BN", "SyncBN", "nnSyncBN", "naiveSyncBN", "naiveSyncBN_N")
+
+_RESNET_BLOCKS = {18: (2, 2, 2, 2), 34: (3, 4, 6, 3), 50: (3, 4, 6, 3), 101: (3, 4, 23, 3),
+                  152: (3, 8, 36, 3)}
+
+
+@dataclass(frozen=True)
+class TensorSpec:
+    """One tensor of the state dict.
+
+    kind: "conv" (out, in/groups, kh, kw), "deconv" (in, out, kh, kw), "linear" (out, in),
+    "vector" (C,) for biases and norm tensors.
+    nchw_input: for a linear layer fed by a flattened feature map, its (C, H, W); detectron2
+    flattens NCHW, tfmrcnn NHWC, so the converter permutes the input rows.
+    """
+    shape: Tuple[int, ...]
+    kind: str
+    nchw_input: Optional[Tuple[int, int, int]] = None
+
+
+def norm_suffixes(norm: str) -> Tuple[str, ...]:
+    """Tensor names of one norm layer: 4 for the BN family, 2 for GN, none for ""."""
+    if norm == "":
+        return ()
+    if norm in _STAT_NORMS:
+        return ("weight", "bias", "running_mean", "running_var")
+    if norm == "GN":
+        return ("weight", "bias")
+    raise ValueError(f"unsupported norm {norm!r} (supported: '', GN, {', '.join(_STAT_NORMS)})")
+
+
+def resnet_num_blocks(depth: int) -> Tuple[int, int, int, int]:
+    """Blocks in res2..res5 for a ResNet depth."""
+    if depth not in _RESNET_BLOCKS:
+        raise ValueError(f"unsupported MODEL.RESNETS.DEPTH {depth} (one of {sorted(_RESNET_BLOCKS)})")
+    return _RESNET_BLOCKS[depth]
+
+
+class _Builder:
+    """Accumulates TensorSpecs in state-dict order."""
+
+    def __init__(self):
+        self.specs: Dict[str, TensorSpec] = {}
+
+    def conv(self, name, cin, cout, k, groups=1, bias=True, norm=""):
+        self.specs[f"{name}.weight"] = TensorSpec((cout, cin // groups, k, k), "conv")
+        if bias:
+            self.specs[f"{name}.bias"] = TensorSpec((cout,), "vector")
+        for suffix in norm_suffixes(norm):
+            self.specs[f"{name}.norm.{suffix}"] = TensorSpec((cout,), "vector")
+
+    def deconv(self, name, cin, cout, k):
+        self.specs[f"{name}.weight"] = TensorSpec((cin, cout, k, k), "deconv")
+        self.specs[f"{name}.bias"] = TensorSpec((cout,), "vector")
+
+    def linear(self, name, fin, fout, nchw_input=None):
+        self.specs[f"{name}.weight"] = TensorSpec((fout, fin), "linear", nchw_input)
+        self.specs[f"{name}.bias"] = TensorSpec((fout,), "vector")
+
+
+def _resnet(b: _Builder, cfg) -> List[int]:
+    """Bottom-up ResNet (convs have no bias); returns the output channels of res2..res5."""
+    r = cfg.MODEL.RESNETS
+    depth, norm = r.DEPTH, r.NORM
+    stem = r.STEM_OUT_CHANNELS
+    b.conv(f"{BOTTOM_UP}.stem.conv1", 3, stem, 7, bias=False, norm=norm)
+    basic = depth in (18, 34)
+    out_ch = 64 if basic else r.RES2_OUT_CHANNELS
+    bottleneck = r.NUM_GROUPS * r.WIDTH_PER_GROUP
+    in_ch = stem
+    outs = []
+    for stage, n in zip(FPN_STAGES, resnet_num_blocks(depth)):
+        for i in range(n):
+            p = f"{BOTTOM_UP}.res{stage}.{i}"
+            # detectron2 adds a projection shortcut whenever the width changes; stride 2 blocks
+            # always change it, so "first block of a stage with new width" is the rule.
+            if in_ch != out_ch:
+                b.conv(f"{p}.shortcut", in_ch, out_ch, 1, bias=False, norm=norm)
+            if basic:
+                b.conv(f"{p}.conv1", in_ch, out_ch, 3, bias=False, norm=norm)
+                b.conv(f"{p}.conv2", out_ch, out_ch, 3, bias=False, norm=norm)
+            else:
+                b.conv(f"{p}.conv1", in_ch, bottleneck, 1, bias=False, norm=norm)
+                b.conv(f"{p}.conv2", bottleneck, bottleneck, 3, groups=r.NUM_GROUPS,
+                       bias=False, norm=norm)
+                b.conv(f"{p}.conv3", bottleneck, out_ch, 1, bias=False, norm=norm)
+            in_ch = out_ch
+        outs.append(out_ch)
+        out_ch *= 2
+        bottleneck *= 2
+    return outs
+
+
+def _fpn(b: _Builder, cfg, in_channels: List[int]) -> None:
+    out, norm = cfg.MODEL.FPN.OUT_CHANNELS, cfg.MODEL.FPN.NORM
+    use_bias = norm == ""
+    # detectron2 registers laterals/outputs from the coarsest level down; we list them by
+    # name order of the state dict (lateral2..5 then output2..5 is how they sort there).
+    for stage, cin in zip(FPN_STAGES, in_channels):
+        b.conv(f"backbone.fpn_lateral{stage}", cin, out, 1, bias=use_bias, norm=norm)
+    for stage in FPN_STAGES:
+        b.conv(f"backbone.fpn_output{stage}", out, out, 3, bias=use_bias, norm=norm)
+
+
+def num_cell_anchors(cfg) -> int:
+    """Anchors per location, which detectron2's RPN head requires equal on every level."""
+    a = cfg.MODEL.ANCHOR_GENERATOR
+    levels = len(cfg.MODEL.RPN.IN_FEATURES)
+    sizes = list(a.SIZES) * levels if len(a.SIZES) == 1 else list(a.SIZES)
+    ratios = list(a.ASPECT_RATIOS) * levels if len(a.ASPECT_RATIOS) == 1 else list(a.ASPECT_RATIOS)
+    counts = {len(s) * len(r) for s, r in zip(sizes, ratios)}
+    if len(counts) != 1:
+        raise ValueError("MODEL.ANCHOR_GENERATOR: every RPN level needs the same number of "
+                         f"anchors, got {sorted(counts)}")
+    return counts.pop()
+
+
+def _rpn(b: _Builder, cfg) -> None:
+    c = cfg.MODEL.FPN.OUT_CHANNELS
+    if list(cfg.MODEL.RPN.CONV_DIMS) != [-1]:
+        raise ValueError(f"MODEL.RPN.CONV_DIMS {cfg.MODEL.RPN.CONV_DIMS} unsupported (only [-1])")
+    a = num_cell_anchors(cfg)
+    p = "proposal_generator.rpn_head"
+    b.conv(f"{p}.conv", c, c, 3)
+    b.conv(f"{p}.objectness_logits", c, a, 1)
+    b.conv(f"{p}.anchor_deltas", c, a * 4, 1)
+
+
+def _box_head(b: _Builder, cfg) -> None:
+    h = cfg.MODEL.ROI_BOX_HEAD
+    k = cfg.MODEL.ROI_HEADS.NUM_CLASSES
+    c, res = cfg.MODEL.FPN.OUT_CHANNELS, h.POOLER_RESOLUTION
+    for i in range(h.NUM_CONV):
+        b.conv(f"roi_heads.box_head.conv{i + 1}", c, h.CONV_DIM, 3, bias=h.NORM == "", norm=h.NORM)
+        c = h.CONV_DIM
+    spatial: Optional[Tuple[int, int, int]] = (c, res, res)
+    width = c * res * res
+    for i in range(h.NUM_FC):
+        b.linear(f"roi_heads.box_head.fc{i + 1}", width, h.FC_DIM, nchw_input=spatial)
+        width, spatial = h.FC_DIM, None
+    reg_classes = 1 if h.CLS_AGNOSTIC_BBOX_REG else k
+    b.linear("roi_heads.box_predictor.cls_score", width, k + 1, nchw_input=spatial)
+    b.linear("roi_heads.box_predictor.bbox_pred", width, reg_classes * 4, nchw_input=spatial)
+
+
+def _mask_head(b: _Builder, cfg) -> None:
+    h = cfg.MODEL.ROI_MASK_HEAD
+    c = cfg.MODEL.FPN.OUT_CHANNELS
+    for i in range(h.NUM_CONV):
+        b.conv(f"roi_heads.mask_head.mask_fcn{i + 1}", c, h.CONV_DIM, 3, bias=h.NORM == "",
+               norm=h.NORM)
+        c = h.CONV_DIM
+    b.deconv("roi_heads.mask_head.deconv", c, h.CONV_DIM, 2)
+    mask_classes = 1 if h.CLS_AGNOSTIC_MASK else cfg.MODEL.ROI_HEADS.NUM_CLASSES
+    b.conv("roi_heads.mask_head.predictor", h.CONV_DIM, mask_classes, 1)
+
+
+def expected_d2_tensors(cfg, backbone_only: bool = False) -> Dict[str, TensorSpec]:
+    """Every weight tensor detectron2 stores for this config, in state-dict order.
+
+    backbone_only: only the bottom-up ResNet (what an ImageNet checkpoint provides).
+    """
+    b = _Builder()
+    stage_channels = _resnet(b, cfg)
+    if backbone_only:
+        return b.specs
+    _fpn(b, cfg, stage_channels)
+    _rpn(b, cfg)
+    _box_head(b, cfg)
+    if cfg.MODEL.MASK_ON:
+        _mask_head(b, cfg)
+    return b.specs
+
+
+def expected_d2_state_dict_shapes(cfg, backbone_only: bool = False) -> Dict[str, Tuple[int, ...]]:
+    """name -> PyTorch shape of every weight tensor detectron2 stores for this config."""
+    return {name: spec.shape for name, spec in expected_d2_tensors(cfg, backbone_only).items()}

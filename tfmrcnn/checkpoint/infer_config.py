@@ -1,0 +1,161 @@
+"""Guess the architecture config from the tensor shapes of a detectron2 state dict.
+
+Convention: shapes are detectron2's (PyTorch layouts). What the weights determine is read from
+them (depth, widths, groups, norms, FPN width, head sizes, class count, mask head, agnostic
+heads); what they cannot tell (STRIDE_IN_1X1, test-time thresholds, input format, anchor sizes)
+is taken from tfmrcnn's defaults, which are detectron2's mask_rcnn_R_50_FPN settings, and listed
+in the returned assumptions so the CLI can print them.
+"""
+from __future__ import annotations
+
+import math
+import re
+from typing import Dict, List, Optional, Tuple
+
+from tfmrcnn.config import get_cfg
+
+from .d2_names import BOTTOM_UP, resnet_num_blocks
+
+__all__ = ["InferenceError", "infer_cfg_from_shapes"]
+
+Shapes = Dict[str, Tuple[int, ...]]
+
+
+class InferenceError(ValueError):
+    """The shapes do not describe a ResNet-FPN R-CNN we can build."""
+
+
+def _count(shapes: Shapes, pattern: str) -> int:
+    """Number of distinct integers captured by `pattern` (one group) over all names."""
+    regex = re.compile(pattern)
+    return len({m.group(1) for name in shapes for m in [regex.match(name)] if m})
+
+
+def _norm_of(shapes: Shapes, prefix: str, stat_norm: str) -> str:
+    """Norm type from how many tensors `prefix.norm.*` has: 4 -> stat_norm, 2 -> GN, 0 -> ''."""
+    n = sum(1 for name in shapes if name.startswith(prefix + ".norm."))
+    if n not in (0, 2, 4):
+        raise InferenceError(f"{prefix}.norm has {n} tensors (expected 0, 2 or 4)")
+    return {0: "", 2: "GN", 4: stat_norm}[n]
+
+
+def _depth(shapes: Shapes) -> int:
+    basic = f"{BOTTOM_UP}.res2.0.conv3.weight" not in shapes
+    blocks = tuple(_count(shapes, rf"^{re.escape(BOTTOM_UP)}\.res{s}\.(\d+)\.") for s in (2, 3, 4, 5))
+    for depth in ((18, 34) if basic else (50, 101, 152)):
+        if resnet_num_blocks(depth) == blocks:
+            return depth
+    raise InferenceError(f"no ResNet depth has {blocks} blocks in res2..res5"
+                         f" ({'basic' if basic else 'bottleneck'} blocks)")
+
+
+def _backbone(shapes: Shapes, cfg, notes: List[str]) -> None:
+    r = cfg.MODEL.RESNETS
+    r.DEPTH = _depth(shapes)
+    r.NORM = _norm_of(shapes, f"{BOTTOM_UP}.stem.conv1", "FrozenBN")
+    r.STEM_OUT_CHANNELS = shapes[f"{BOTTOM_UP}.stem.conv1.weight"][0]
+    if r.DEPTH >= 50:
+        conv2 = shapes[f"{BOTTOM_UP}.res2.0.conv2.weight"]  # (width, width / groups, 3, 3)
+        r.NUM_GROUPS = conv2[0] // conv2[1]
+        r.WIDTH_PER_GROUP = conv2[0] // r.NUM_GROUPS
+        r.RES2_OUT_CHANNELS = shapes[f"{BOTTOM_UP}.res2.0.conv3.weight"][0]
+    else:
+        r.RES2_OUT_CHANNELS = 64
+    if r.NORM == "FrozenBN":
+        notes.append("backbone norm: 4 tensors per norm read as FrozenBN (BN/SyncBN compute the "
+                     "same at inference)")
+    notes.append(f"MODEL.RESNETS.STRIDE_IN_1X1 = {r.STRIDE_IN_1X1} assumed (not visible in weights)")
+
+
+def _fpn(shapes: Shapes, cfg) -> None:
+    cfg.MODEL.FPN.OUT_CHANNELS = shapes["backbone.fpn_output2.weight"][0]
+    cfg.MODEL.FPN.NORM = _norm_of(shapes, "backbone.fpn_lateral2", "SyncBN")
+
+
+def _rpn(shapes: Shapes, cfg) -> None:
+    anchors = shapes["proposal_generator.rpn_head.objectness_logits.weight"][0]
+    a = cfg.MODEL.ANCHOR_GENERATOR
+    default = len(a.SIZES[0]) * len(a.ASPECT_RATIOS[0])
+    if anchors != default:
+        raise InferenceError(f"the RPN predicts {anchors} anchors per location, the default anchors "
+                             f"give {default}: pass the detectron2 config (--d2-config)")
+
+
+def _box_head(shapes: Shapes, cfg) -> int:
+    """Fills ROI_BOX_HEAD and NUM_CLASSES; returns the class count."""
+    h = cfg.MODEL.ROI_BOX_HEAD
+    p = "roi_heads.box_head"
+    h.NUM_CONV = _count(shapes, rf"^{p}\.conv(\d+)\.weight$")
+    h.NUM_FC = _count(shapes, rf"^{p}\.fc(\d+)\.weight$")
+    channels = cfg.MODEL.FPN.OUT_CHANNELS
+    if h.NUM_CONV:
+        h.CONV_DIM = shapes[f"{p}.conv1.weight"][0]
+        h.NORM = _norm_of(shapes, f"{p}.conv1", "SyncBN")
+        channels = h.CONV_DIM
+    first = f"{p}.fc1.weight" if h.NUM_FC else "roi_heads.box_predictor.cls_score.weight"
+    if h.NUM_FC:
+        h.FC_DIM = shapes[f"{p}.fc1.weight"][0]
+    side = math.isqrt(shapes[first][1] // channels)
+    if side * side * channels != shapes[first][1]:
+        raise InferenceError(f"{first} input width {shapes[first][1]} is not {channels} x R x R")
+    h.POOLER_RESOLUTION = side
+    classes = shapes["roi_heads.box_predictor.cls_score.weight"][0] - 1
+    cfg.MODEL.ROI_HEADS.NUM_CLASSES = classes
+    h.CLS_AGNOSTIC_BBOX_REG = classes > 1 and shapes["roi_heads.box_predictor.bbox_pred.weight"][0] == 4
+    return classes
+
+
+def _mask_head(shapes: Shapes, cfg, classes: int) -> None:
+    p = "roi_heads.mask_head"
+    cfg.MODEL.MASK_ON = f"{p}.deconv.weight" in shapes
+    if not cfg.MODEL.MASK_ON:
+        return
+    h = cfg.MODEL.ROI_MASK_HEAD
+    h.NUM_CONV = _count(shapes, rf"^{p}\.mask_fcn(\d+)\.weight$")
+    h.CONV_DIM = shapes[f"{p}.deconv.weight"][1]
+    if h.NUM_CONV:
+        h.NORM = _norm_of(shapes, f"{p}.mask_fcn1", "SyncBN")
+    h.CLS_AGNOSTIC_MASK = classes > 1 and shapes[f"{p}.predictor.weight"][0] == 1
+
+
+def _summary(cfg, backbone_only: bool) -> str:
+    m = cfg.MODEL
+    r = m.RESNETS
+    parts = [f"RESNETS.DEPTH={r.DEPTH}", f"NORM={r.NORM!r}", f"NUM_GROUPS={r.NUM_GROUPS}",
+             f"WIDTH_PER_GROUP={r.WIDTH_PER_GROUP}"]
+    if not backbone_only:
+        parts += [f"FPN.OUT_CHANNELS={m.FPN.OUT_CHANNELS}", f"FPN.NORM={m.FPN.NORM!r}",
+                  f"NUM_CLASSES={m.ROI_HEADS.NUM_CLASSES}", f"MASK_ON={m.MASK_ON}",
+                  f"box head {m.ROI_BOX_HEAD.NUM_CONV} conv + {m.ROI_BOX_HEAD.NUM_FC} fc"]
+    return ", ".join(parts)
+
+
+def infer_cfg_from_shapes(shapes: Shapes, backbone_only: bool = False,
+                          pixel_stats: Optional[Dict[str, list]] = None, base_cfg=None):
+    """(cfg, assumptions) for a detectron2 state dict given as name -> PyTorch shape.
+
+    pixel_stats: ``{"pixel_mean": [...], "pixel_std": [...]}`` when the checkpoint stores them.
+    """
+    cfg = (base_cfg.clone() if base_cfg is not None else get_cfg()).defrost()
+    notes: List[str] = []
+    try:
+        _backbone(shapes, cfg, notes)
+        if not backbone_only:
+            _fpn(shapes, cfg)
+            _rpn(shapes, cfg)
+            classes = _box_head(shapes, cfg)
+            _mask_head(shapes, cfg, classes)
+    except KeyError as e:
+        raise InferenceError(f"cannot infer the architecture: tensor {e} is missing") from None
+    notes.insert(0, "inferred from the weights: " + _summary(cfg, backbone_only))
+    for key, cfg_key in (("pixel_mean", "PIXEL_MEAN"), ("pixel_std", "PIXEL_STD")):
+        if pixel_stats and key in pixel_stats:
+            cfg.MODEL[cfg_key] = [float(v) for v in pixel_stats[key]]
+            notes.append(f"MODEL.{cfg_key} = {cfg.MODEL[cfg_key]} read from the checkpoint")
+        else:
+            notes.append(f"MODEL.{cfg_key} = {list(cfg.MODEL[cfg_key])} assumed")
+    notes.append(f"INPUT.FORMAT = {cfg.INPUT.FORMAT}, anchors, test thresholds and top-k assumed "
+                 "= detectron2's mask_rcnn_R_50_FPN values (pass --d2-config to set them)")
+    if backbone_only:
+        notes.append("backbone only: FPN/RPN/ROI heads keep tfmrcnn's defaults")
+    return cfg, notes

@@ -1,0 +1,169 @@
+"""tfmrcnn's weights file: an `.npz` of detectron2-named arrays in TensorFlow layout.
+
+Convention: each entry is ``<detectron2 state-dict key> -> ndarray`` in the layout of the
+model's `tf.Variable` (see `tfmrcnn.checkpoint.layouts`); the optional entry ``__meta__`` is a
+0-d unicode array holding a JSON object (``format_version``, ``source``, ...). Files are read
+with ``allow_pickle=False``, so a weights file can never run code.
+"""
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from dataclasses import dataclass, field
+from typing import BinaryIO, Callable, Dict, List, Mapping, Optional, Tuple
+
+import numpy as np
+
+__all__ = [
+    "FORMAT_VERSION", "META_KEY", "WeightsError", "LoadReport",
+    "atomic_write", "save_weights", "read_weights", "read_meta", "load_weights",
+]
+
+FORMAT_VERSION = 1
+META_KEY = "__meta__"
+
+
+class WeightsError(ValueError):
+    """A weights file does not match the model (names or shapes) or is malformed."""
+
+
+def _as_named_arrays(named_arrays_or_model) -> Dict[str, np.ndarray]:
+    if isinstance(named_arrays_or_model, Mapping):
+        items = named_arrays_or_model.items()
+    else:  # a tf.Module with detectron2-named variables
+        from tfmrcnn.modeling.layers import named_variables
+        items = named_variables(named_arrays_or_model).items()
+    out = {}
+    for key, value in items:
+        if key == META_KEY:
+            raise WeightsError(f"'{META_KEY}' is reserved for the metadata entry")
+        out[key] = np.asarray(value.numpy() if hasattr(value, "numpy") else value)
+    return out
+
+
+def atomic_write(path: str, write: Callable[[BinaryIO], None]) -> str:
+    """Call `write(file)` on a temporary file next to `path`, fsync it, then rename it to `path`.
+
+    A reader never sees a partial file and a crash leaves the previous file intact.
+    """
+    directory = os.path.dirname(os.path.abspath(path))
+    os.makedirs(directory, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=directory, prefix=".tmp-", suffix=os.path.basename(path))
+    try:
+        with os.fdopen(fd, "wb") as f:
+            write(f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+    _fsync_dir(directory)
+    return path
+
+
+def _fsync_dir(directory: str) -> None:
+    # Makes the rename itself durable; not possible on every OS/filesystem, hence best effort.
+    try:
+        fd = os.open(directory, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+def save_weights(path: str, named_arrays_or_model, meta: Optional[dict] = None) -> str:
+    """Write `{key: array}` (or a model's named variables) to `path` atomically (`atomic_write`)."""
+    arrays = _as_named_arrays(named_arrays_or_model)
+    full_meta = {"format_version": FORMAT_VERSION, **(meta or {})}
+    arrays[META_KEY] = np.array(json.dumps(full_meta, sort_keys=True))
+    return atomic_write(path, lambda f: np.savez(f, **arrays))
+
+
+def read_weights(path: str) -> Tuple[Dict[str, np.ndarray], dict]:
+    """(arrays without the metadata entry, metadata dict) of a weights file."""
+    try:
+        with np.load(path, allow_pickle=False) as data:
+            arrays = {key: data[key] for key in data.files}
+    except (OSError, ValueError) as e:
+        raise WeightsError(f"Cannot read weights file {path}: {e}") from None
+    meta_arr = arrays.pop(META_KEY, None)
+    meta = json.loads(str(meta_arr)) if meta_arr is not None else {}
+    version = meta.get("format_version", FORMAT_VERSION)
+    if version > FORMAT_VERSION:
+        raise WeightsError(f"{path} has format version {version}; this tfmrcnn reads up to "
+                           f"{FORMAT_VERSION}")
+    return arrays, meta
+
+
+def read_meta(path: str) -> dict:
+    """Only the metadata of a weights file."""
+    return read_weights(path)[1]
+
+
+@dataclass
+class LoadReport:
+    """What `load_weights` did. Shapes are (file shape, model shape)."""
+    loaded: List[str] = field(default_factory=list)
+    skipped_shape: Dict[str, Tuple[Tuple[int, ...], Tuple[int, ...]]] = field(default_factory=dict)
+    missing: List[str] = field(default_factory=list)  # in the model, not in the file
+    unexpected: List[str] = field(default_factory=list)  # in the file, not in the model
+    meta: dict = field(default_factory=dict)
+
+    def summary(self) -> str:
+        lines = [f"loaded {len(self.loaded)} tensors"]
+        for key, (got, want) in self.skipped_shape.items():
+            lines.append(f"skipped {key}: file shape {got} != model shape {want}")
+        if self.missing:
+            lines.append(f"kept initial values of {len(self.missing)} tensors not in the file: "
+                         + ", ".join(self.missing))
+        return "\n".join(lines)
+
+
+def _list(title: str, keys: List[str], limit: int = 30) -> str:
+    shown = ", ".join(keys[:limit]) + (f", ... ({len(keys) - limit} more)" if len(keys) > limit else "")
+    return f"{title} ({len(keys)}): {shown}"
+
+
+def load_weights(model, path: str, skip_mismatch: bool = False,
+                 allow_missing: bool = False) -> LoadReport:
+    """Assign the arrays of a weights file to `named_variables(model)`; returns a `LoadReport`.
+
+    Every key must match a variable and every shape must agree, otherwise `WeightsError` lists
+    all offending keys and nothing is assigned. `skip_mismatch=True` skips keys whose shape
+    differs (e.g. box predictor with another class count) and reports them; `allow_missing=True`
+    keeps the initial value of variables absent from the file (e.g. an ImageNet backbone file
+    loaded into the full detector). Unexpected keys are always an error.
+    """
+    from tfmrcnn.modeling.layers import named_variables
+
+    arrays, meta = read_weights(path)
+    variables = named_variables(model)
+    report = LoadReport(meta=meta)
+    report.missing = sorted(k for k in variables if k not in arrays)
+    report.unexpected = sorted(k for k in arrays if k not in variables)
+    mismatched = {k: (tuple(arrays[k].shape), tuple(variables[k].shape))
+                  for k in arrays if k in variables
+                  and tuple(arrays[k].shape) != tuple(variables[k].shape)}
+    errors = []
+    if report.unexpected:
+        errors.append(_list("keys in the file but not in the model", report.unexpected))
+    if report.missing and not allow_missing:
+        errors.append(_list("model variables missing from the file", report.missing))
+    if mismatched and not skip_mismatch:
+        errors.append(_list("shape mismatches (file vs model)",
+                            [f"{k} {got} vs {want}" for k, (got, want) in mismatched.items()]))
+    if errors:
+        raise WeightsError(f"Cannot load {path} into the model:\n  " + "\n  ".join(errors))
+    report.skipped_shape = mismatched
+    for key, var in variables.items():
+        if key in arrays and key not in mismatched:
+            var.assign(arrays[key].astype(var.dtype.as_numpy_dtype, copy=False))
+            report.loaded.append(key)
+    return report

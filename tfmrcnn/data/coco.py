@@ -1,0 +1,136 @@
+"""COCO instance json -> detectron2-style dataset dicts.
+
+One dict per image::
+
+    {"file_name": str (image_root joined), "height": int, "width": int, "image_id": int,
+     "annotations": [{"bbox": [x, y, w, h] (continuous px, no +1),
+                      "category_id": int (contiguous 0..K-1, categories sorted by json id),
+                      "segmentation": [[x0, y0, x1, y1, ...], ...] polygons, or an RLE dict
+                                      {"size": [h, w], "counts": str | list},
+                      "iscrowd": 0 | 1}, ...]}
+
+Annotations with w or h <= 0 are dropped, as are polygons with fewer than 3 points (and an
+annotation left without polygons); both are counted in the log.
+"""
+
+import contextlib
+import io
+import logging
+import os
+
+__all__ = ["load_coco_json", "filter_images_with_only_crowd_annotations", "category_maps"]
+
+logger = logging.getLogger(__name__)
+
+
+class CocoFormatError(ValueError):
+    """The json is not a readable COCO instances file."""
+
+
+def category_maps(categories):
+    """(thing_classes, {json id: contiguous id}, {contiguous id: json id}) sorted by json id."""
+    cats = sorted(categories, key=lambda c: c["id"])
+    to_contiguous = {c["id"]: i for i, c in enumerate(cats)}
+    return ([c["name"] for c in cats], to_contiguous,
+            {i: c["id"] for i, c in enumerate(cats)})
+
+
+def _open_coco(json_file):
+    from pycocotools.coco import COCO
+
+    if not os.path.isfile(json_file):
+        raise FileNotFoundError(f"COCO annotation file not found: {json_file}")
+    try:
+        with contextlib.redirect_stdout(io.StringIO()):  # COCO() prints progress
+            return COCO(json_file)
+    except (ValueError, KeyError, TypeError, AssertionError, UnicodeDecodeError) as e:
+        # json.JSONDecodeError is a ValueError; a json of the wrong shape gives the others.
+        raise CocoFormatError(f"Cannot read COCO annotation file {json_file}: "
+                              f"{type(e).__name__}: {e}") from None
+
+
+def _clean_segmentation(segm):
+    """(segmentation or None if nothing usable, number of polygons dropped)."""
+    if isinstance(segm, dict):  # RLE
+        return segm, 0
+    if not isinstance(segm, list):
+        return None, 0
+    polygons = [p for p in segm if isinstance(p, list) and len(p) % 2 == 0 and len(p) >= 6]
+    return (polygons or None), len(segm) - len(polygons)
+
+
+def _convert_annotation(ann, to_contiguous):
+    """A dataset annotation dict, or None (with a reason) for a degenerate one."""
+    x, y, w, h = (float(v) for v in ann["bbox"])
+    if w <= 0 or h <= 0:
+        return None, "empty box", 0
+    if ann["category_id"] not in to_contiguous:
+        raise CocoFormatError(f"annotation {ann.get('id')} has category_id "
+                              f"{ann['category_id']} missing from 'categories'")
+    out = {"bbox": [x, y, w, h], "category_id": to_contiguous[ann["category_id"]],
+           "iscrowd": int(ann.get("iscrowd", 0))}
+    dropped = 0
+    if "segmentation" in ann:
+        segm, dropped = _clean_segmentation(ann["segmentation"])
+        if segm is None:
+            return None, "no valid polygon", dropped
+        out["segmentation"] = segm
+    return out, None, dropped
+
+
+def load_coco_json(json_file, image_root, dataset_name=None):
+    """Dataset dicts of a COCO instances json (see module docstring), sorted by image id.
+
+    With ``dataset_name``, its MetadataCatalog entry gets thing_classes,
+    thing_dataset_id_to_contiguous_id, thing_contiguous_id_to_dataset_id, json_file,
+    image_root and evaluator_type "coco".
+    """
+    if not os.path.isdir(image_root):
+        raise FileNotFoundError(f"Image directory not found: {image_root} (images of {json_file})")
+    coco = _open_coco(json_file)
+    try:
+        thing_classes, to_contiguous, to_dataset = category_maps(coco.loadCats(coco.getCatIds()))
+        image_ids = sorted(coco.imgs)
+        dicts, dropped = [], {"empty box": 0, "no valid polygon": 0, "polygons": 0}
+        for image_id in image_ids:
+            img = coco.imgs[image_id]
+            record = {"file_name": os.path.join(image_root, img["file_name"]),
+                      "height": int(img["height"]), "width": int(img["width"]),
+                      "image_id": image_id, "annotations": []}
+            for ann in coco.imgToAnns.get(image_id, []):
+                out, reason, bad_polygons = _convert_annotation(ann, to_contiguous)
+                dropped["polygons"] += bad_polygons
+                if out is None:
+                    dropped[reason] += 1
+                else:
+                    record["annotations"].append(out)
+            dicts.append(record)
+    except KeyError as e:
+        raise CocoFormatError(f"COCO annotation file {json_file} lacks a field: {e}") from None
+    except CocoFormatError as e:
+        raise CocoFormatError(f"COCO annotation file {json_file}: {e}") from None
+
+    logger.info("Loaded %d images, %d annotations from %s", len(dicts),
+                sum(len(d["annotations"]) for d in dicts), json_file)
+    if dropped["empty box"] or dropped["no valid polygon"] or dropped["polygons"]:
+        logger.warning("%s: dropped %d annotations with an empty box, %d without a valid polygon "
+                       "and %d polygons with < 3 points", json_file, dropped["empty box"],
+                       dropped["no valid polygon"], dropped["polygons"])
+    if dataset_name is not None:
+        from tfmrcnn.data.catalog import MetadataCatalog
+
+        MetadataCatalog.get(dataset_name).set(
+            thing_classes=thing_classes, thing_dataset_id_to_contiguous_id=to_contiguous,
+            thing_contiguous_id_to_dataset_id=to_dataset, json_file=json_file,
+            image_root=image_root, evaluator_type="coco")
+    return dicts
+
+
+def filter_images_with_only_crowd_annotations(dataset_dicts):
+    """Images with at least one non-crowd annotation (images without any are removed too)."""
+    kept = [d for d in dataset_dicts
+            if any(a.get("iscrowd", 0) == 0 for a in d["annotations"])]
+    logger.info("Removed %d images with no usable (non-crowd) annotations; %d left",
+                len(dataset_dicts) - len(kept), len(kept))
+    return kept
+

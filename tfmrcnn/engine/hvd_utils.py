@@ -1,0 +1,150 @@
+"""Process set-up under Horovod: init, device pinning, world-size check, a hang watchdog.
+
+One process per GPU (or per CPU slot), each pinned to its local rank's GPU. Only plain
+``tf.Variable`` lists are given to Horovod (its Keras-3 integration is broken, see NOTES.md).
+
+What happens when a rank dies (documented behaviour, relied upon):
+* ``mpirun``: a process exiting non-zero makes Open MPI abort the whole job.
+* ``horovodrun`` (gloo): the driver kills the other ranks when one exits non-zero; the peers
+  waiting in an allreduce also get a gloo connection error.
+* A rank that hangs (or a peer stuck in a collective that never completes): Horovod's stall
+  inspector (``HOROVOD_STALL_CHECK_TIME_SECONDS``, and ``HOROVOD_STALL_SHUTDOWN_TIME_SECONDS``
+  which we default to 600 s) shuts the job down, and our ``Watchdog`` thread ends the process
+  with exit code 3 when no training step finished for ``TFMRCNN_WATCHDOG_SECONDS`` (default
+  1800 s), printing which iteration it was stuck after.
+"""
+from __future__ import annotations
+
+import logging
+import os
+import sys
+import threading
+import time
+
+import tensorflow as tf
+
+__all__ = ["init_horovod", "launcher_world_size", "check_world_size", "pin_devices",
+           "Watchdog", "LAUNCHER_SIZE_VARIABLES"]
+
+logger = logging.getLogger(__name__)
+
+# Environment variables through which launchers announce the number of processes.
+LAUNCHER_SIZE_VARIABLES = ("HOROVOD_SIZE", "OMPI_COMM_WORLD_SIZE", "PMI_SIZE",
+                           "MV2_COMM_WORLD_SIZE")
+
+
+def launcher_world_size(environ=None):
+    """Number of processes the launcher started (None when not under a launcher)."""
+    environ = os.environ if environ is None else environ
+    for name in LAUNCHER_SIZE_VARIABLES:
+        value = environ.get(name)
+        if value and value.strip().isdigit():
+            return int(value)
+    return None
+
+
+def check_world_size(hvd_size: int, environ=None) -> None:
+    """Stop with a clear message when Horovod sees fewer processes than the launcher started.
+
+    The classic case: a Horovod built with Gloo only, run under ``mpirun``, makes every process
+    rank 0 of a world of size 1: N independent trainings, no error.
+    """
+    expected = launcher_world_size(environ)
+    if expected is not None and expected != hvd_size:
+        raise SystemExit(
+            f"Horovod reports {hvd_size} process(es) but the launcher started {expected}. "
+            "Horovod was probably built without MPI support and started with mpirun: use "
+            "`horovodrun --gloo ...`, or rebuild Horovod with HOROVOD_WITH_MPI=1 "
+            "(scripts/setup.sh does it when Open MPI is installed); check with "
+            "`horovodrun --check-build`.")
+
+
+def init_horovod():
+    """``hvd.init()`` with our stall default, then the world-size check; returns the module."""
+    os.environ.setdefault("HOROVOD_STALL_SHUTDOWN_TIME_SECONDS", "600")
+    try:
+        import horovod.tensorflow as hvd
+    except ImportError as e:  # pragma: no cover - depends on the installation
+        if (launcher_world_size() or 1) > 1:
+            raise SystemExit(f"Started by a multi-process launcher but Horovod is missing: {e}")
+        raise SystemExit("Horovod is required (scripts/setup.sh builds it): " + str(e))
+    hvd.init()
+    check_world_size(hvd.size())
+    return hvd
+
+
+def pin_devices(local_rank: int, num_threads: int = 0) -> str:
+    """Make only this process's GPU visible (memory growth on), or set CPU thread counts.
+
+    Must run before TensorFlow creates its devices. Returns a description for the log.
+    """
+    gpus = tf.config.list_physical_devices("GPU")
+    if gpus:
+        gpu = gpus[local_rank % len(gpus)]
+        tf.config.set_visible_devices(gpu, "GPU")
+        tf.config.experimental.set_memory_growth(gpu, True)
+        return f"GPU {gpu.name}"
+    if num_threads > 0:
+        tf.config.threading.set_intra_op_parallelism_threads(num_threads)
+        tf.config.threading.set_inter_op_parallelism_threads(max(1, min(2, num_threads)))
+        return f"CPU, {num_threads} intra-op threads"
+    return "CPU, TensorFlow's default threads"
+
+
+class Watchdog:
+    """Ends the process when no ``beat()`` came for ``timeout`` seconds (a hang, not a crash).
+
+    A rank blocked forever in a collective (a peer died without the launcher noticing) would
+    otherwise hang the job. ``pause()`` is a context manager for legitimately long phases
+    (evaluation). The exit is ``os._exit(3)`` because a thread cannot interrupt a blocked op.
+    """
+
+    def __init__(self, timeout: float, rank: int = 0, poll: float = 5.0):
+        self.timeout, self.rank, self.poll = float(timeout), rank, poll
+        self.last = time.monotonic()
+        self.iteration = -1
+        self.paused = 0
+        self._stop = threading.Event()
+        self._thread = None
+
+    def start(self):
+        if self.timeout > 0 and self._thread is None:
+            self._thread = threading.Thread(target=self._run, name="tfmrcnn-watchdog", daemon=True)
+            self._thread.start()
+        return self
+
+    def beat(self, iteration: int):
+        self.iteration, self.last = iteration, time.monotonic()
+
+    def stop(self):
+        self._stop.set()
+
+    def pause(self):
+        watchdog = self
+
+        class _Pause:
+            def __enter__(self):
+                watchdog.paused += 1
+
+            def __exit__(self, *exc):
+                watchdog.paused -= 1
+                watchdog.last = time.monotonic()
+
+        return _Pause()
+
+    def _run(self):
+        while not self._stop.wait(min(self.poll, self.timeout)):
+            if self.paused:
+                continue
+            idle = time.monotonic() - self.last
+            if idle > self.timeout:
+                msg = (f"[rank {self.rank}] watchdog: no training step finished for {idle:.0f} s "
+                       f"(after iteration {self.iteration}); a peer process probably died or "
+                       "hangs. Exiting so that the launcher ends the job.")
+                logger.error(msg)
+                print(msg, file=sys.stderr, flush=True)
+                os._exit(3)
+
+    @classmethod
+    def from_env(cls, rank: int):
+        return cls(float(os.environ.get("TFMRCNN_WATCHDOG_SECONDS", "1800")), rank)

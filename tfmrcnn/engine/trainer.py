@@ -1,0 +1,258 @@
+"""The Horovod training loop.
+
+One process per device. Each iteration (detectron2 SimpleTrainer + hooks):
+
+1. take this rank's next batch (``tfmrcnn.data.pipeline``; its ``data_position`` is kept);
+2. ``train_step`` (one ``tf.function``, traced once thanks to ``None`` dims): losses under a
+   GradientTape, gradients averaged over ranks by ``hvd.DistributedGradientTape`` (float16
+   compression with TRAINER.FP16_ALLREDUCE), losses averaged over ranks for the log, unscaled
+   (float16 loss scaling), clipped, and applied by our SGD with the LR of this iteration; the
+   update is skipped when the averaged loss or a gradient is not finite (gradients are the same
+   on every rank after the allreduce, so every rank takes the same decision);
+3. a non-finite loss stops training (``FloatingPointError`` naming the iteration; no checkpoint
+   is written, the previous one stays the latest); with float16 loss scaling a non-finite
+   gradient only lowers the scale;
+4. hooks: log line + TensorBoard every LOG_PERIOD, checkpoint every CHECKPOINT_PERIOD and at the
+   end, evaluation every TEST.EVAL_PERIOD, training images with predictions every VIS_PERIOD.
+
+Model variables, optimizer slots and the loss scale are broadcast from rank 0 before the first
+step (so every rank starts from the same weights, fresh or resumed) and once more after it.
+"""
+from __future__ import annotations
+
+import logging
+import math
+import random
+import time
+from typing import Callable, Dict, Optional
+
+import tensorflow as tf
+
+from tfmrcnn.engine.checkpointer import Checkpointer
+from tfmrcnn.engine.hvd_utils import Watchdog
+from tfmrcnn.engine.logger import MetricHistory, TensorBoardWriter, format_log_line
+from tfmrcnn.engine.solver import (DynamicLossScale, WarmupMultiStepLR, build_optimizer,
+                                   clip_gradients)
+
+__all__ = ["Trainer", "make_train_step"]
+
+logger = logging.getLogger(__name__)
+
+
+def _all_finite(tensors) -> tf.Tensor:
+    return tf.reduce_all([tf.reduce_all(tf.math.is_finite(t)) for t in tensors])
+
+
+def make_train_step(model, optimizer, schedule: WarmupMultiStepLR, cfg, hvd,
+                    iteration: tf.Variable, element_spec: Dict[str, tf.TensorSpec],
+                    loss_scale: Optional[DynamicLossScale] = None) -> Callable:
+    """The compiled step: batch -> (losses averaged over ranks, lr, applied, loss finite)."""
+    variables = optimizer.variables_
+    compression = hvd.Compression.fp16 if cfg.TRAINER.FP16_ALLREDUCE else hvd.Compression.none
+
+    @tf.function(input_signature=[element_spec])
+    def train_step(batch):
+        with tf.GradientTape() as tape:
+            losses = model.compute_losses(batch, training=True)
+            total = tf.add_n([tf.cast(v, tf.float32) for v in losses.values()])
+            scaled = total * loss_scale.scale if loss_scale is not None else total
+        tape = hvd.DistributedGradientTape(tape, compression=compression, sparse_as_dense=True)
+        grads = tape.gradient(scaled, variables)
+        # a variable without gradient this step (e.g. no mask loss) gets a zero update
+        grads = [tf.zeros_like(v) if g is None else tf.convert_to_tensor(g)
+                 for g, v in zip(grads, variables)]
+        if loss_scale is not None:
+            grads = [g / loss_scale.scale for g in grads]
+        averaged = {k: hvd.allreduce(tf.cast(v, tf.float32), op=hvd.Average, name=f"log_{k}")
+                    for k, v in losses.items()}
+        averaged["total_loss"] = tf.add_n(list(averaged.values()))
+        grads_finite = _all_finite(grads)
+        loss_finite = tf.math.is_finite(averaged["total_loss"])
+        apply = tf.logical_and(grads_finite, loss_finite)
+        lr = schedule(iteration)
+        if apply:
+            optimizer.apply(clip_gradients(grads, cfg), lr)
+        if loss_scale is not None:
+            loss_scale.update(grads_finite)
+        iteration.assign_add(1)
+        return averaged, lr, apply, loss_finite
+
+    return train_step
+
+
+class Trainer:
+    """Runs SOLVER.MAX_ITER iterations of ``model`` on the batches of ``data_fn``.
+
+    Args:
+        cfg: the (worker-scaled) config.
+        model: tf.Module with ``compute_losses(batch, training)``, detectron2-named variables,
+            ``trainable_variables`` (and optionally ``norm_variables()``, ``make_inference_fn()``).
+        hvd: the initialised ``horovod.tensorflow`` module.
+        data_fn: ``(start_position, seed) -> tf.data.Dataset`` of this rank's batches.
+        eval_fn: optional ``(iteration) -> metrics`` run on every rank (EVAL_PERIOD and end).
+        vis_fn: optional ``(batch numpy dict, iteration) -> (N, H, W, 3) RGB uint8`` (rank 0).
+    """
+
+    def __init__(self, cfg, model, hvd, data_fn: Callable, eval_fn: Optional[Callable] = None,
+                 vis_fn: Optional[Callable] = None, watchdog: Optional[Watchdog] = None):
+        self.cfg, self.model, self.hvd = cfg, model, hvd
+        self.rank, self.size = hvd.rank(), hvd.size()
+        self.data_fn, self.eval_fn, self.vis_fn = data_fn, eval_fn, vis_fn
+        self.max_iter = int(cfg.SOLVER.MAX_ITER)
+        self.optimizer = build_optimizer(cfg, model)
+        self.schedule = WarmupMultiStepLR.from_config(cfg)
+        self.loss_scale = None
+        if cfg.SOLVER.AMP.ENABLED and cfg.TRAINER.AMP_DTYPE == "float16":
+            self.loss_scale = DynamicLossScale()
+        self.iteration = tf.Variable(0, dtype=tf.int64, trainable=False, name="iteration")
+        state = dict(self.optimizer.named_slots())
+        if self.loss_scale is not None:
+            state["loss_scale"] = self.loss_scale.scale
+            state["loss_scale_good_steps"] = self.loss_scale.good_steps
+        self.checkpointer = Checkpointer(cfg.OUTPUT_DIR, model, state)
+        self.start_iter = 0
+        self.data_positions = [0] * self.size
+        self.seed = int(cfg.SEED)
+        self.watchdog = watchdog or Watchdog(0.0, self.rank)
+        self.tb = TensorBoardWriter(cfg.OUTPUT_DIR, cfg.TRAINER.TENSORBOARD and self.rank == 0)
+        self.history = MetricHistory(window=20)
+        self.last_metrics: Dict[str, float] = {}
+        # callables (trainer, iterations done) run on every rank after each iteration's hooks
+        self.after_step_hooks = []
+
+    # ------------------------------------------------------------------ state
+    def _broadcast_state(self) -> None:
+        variables = list(self.model.variables) + list(self.optimizer.slots)
+        if self.loss_scale is not None:
+            variables += [self.loss_scale.scale, self.loss_scale.good_steps]
+        self.hvd.broadcast_variables(variables, root_rank=0)
+
+    def resume_or_load(self, resume: bool = True) -> int:
+        """Restore the newest readable checkpoint of OUTPUT_DIR (if ``resume``), else load
+        MODEL.WEIGHTS; agree on the seed; returns the iteration to start at."""
+        found = None
+        if resume and self.rank == 0:
+            found = self.checkpointer.find_latest()
+        meta = None
+        if found is not None:
+            path, state, meta = found
+            self.checkpointer.restore(path, state)
+            logger.info("Resumed from %s at iteration %d", path, meta["iteration"])
+        elif self.rank == 0 and self.cfg.MODEL.WEIGHTS:
+            self.checkpointer.load_initial_weights(self.cfg.MODEL.WEIGHTS)
+        if self.rank == 0 and meta is None:
+            seed = self.seed if self.seed >= 0 else random.SystemRandom().randrange(2 ** 31)
+            meta = {"iteration": 0, "data_positions": [0] * self.size, "seed": seed}
+        meta = self.hvd.broadcast_object(meta, root_rank=0) if self.size > 1 else meta
+        self.start_iter = int(meta["iteration"])
+        self.seed = int(meta["seed"])
+        positions = list(meta["data_positions"])
+        if len(positions) != self.size:
+            # another world size: per-rank positions do not transfer; every rank continues
+            # its own new stream at the batch count of the iteration reached
+            logger.warning("Checkpoint from %d processes, running %d: data stream restarts at "
+                           "position %d per rank", len(positions), self.size, self.start_iter)
+            positions = [self.start_iter] * self.size
+        self.data_positions = positions
+        self.iteration.assign(self.start_iter)
+        return self.start_iter
+
+    def save(self, final: bool = False) -> None:
+        """Checkpoint (collective: every rank must call it at the same iteration)."""
+        done = int(self.iteration.numpy())
+        mine = tf.constant([self.data_positions[self.rank]], tf.int64)
+        positions = self.hvd.allgather(mine).numpy().tolist() if self.size > 1 else [int(mine[0])]
+        if self.rank == 0:
+            self.checkpointer.save(done, positions, self.seed, self.cfg.dump(), final=final)
+
+    # ------------------------------------------------------------------ loop
+    def train(self) -> Dict[str, float]:
+        cfg = self.cfg
+        dataset = self.data_fn(self.data_positions[self.rank], self.seed)
+        spec = dict(dataset.element_spec)
+        spec.pop("data_position", None)
+        step = make_train_step(self.model, self.optimizer, self.schedule, cfg, self.hvd,
+                               self.iteration, spec, self.loss_scale)
+        data = iter(dataset)
+        images_per_iter = int(cfg.SOLVER.IMS_PER_BATCH)
+        log_period = max(int(cfg.TRAINER.LOG_PERIOD), 1)
+        ckpt_period = int(cfg.SOLVER.CHECKPOINT_PERIOD)
+        eval_period = int(cfg.TEST.EVAL_PERIOD)
+        vis_period = int(cfg.TRAINER.VIS_PERIOD)
+        logger.info("Starting training from iteration %d to %d (%d processes, %d images per "
+                    "iteration)", self.start_iter, self.max_iter, self.size, images_per_iter)
+        self._broadcast_state()
+        self.watchdog.start()
+        it = self.start_iter
+        while it < self.max_iter:
+            t0 = time.perf_counter()
+            batch = next(data)
+            self.data_positions[self.rank] = int(batch.pop("data_position"))
+            t1 = time.perf_counter()
+            averaged, lr, applied, loss_finite = step(batch)
+            losses = {k: float(v) for k, v in averaged.items()}
+            t2 = time.perf_counter()
+            self.watchdog.beat(it)
+            if not bool(loss_finite):
+                raise FloatingPointError(
+                    f"Loss became infinite or NaN at iteration={it}! losses: {losses}. "
+                    "Training stopped; the weights were not updated and the last checkpoint "
+                    "is kept.")
+            if not bool(applied) and self.loss_scale is None:
+                raise FloatingPointError(
+                    f"A gradient became infinite or NaN at iteration={it} (losses {losses}). "
+                    "Training stopped; the last checkpoint is kept.")
+            if it == self.start_iter:
+                self._broadcast_state()
+            self.history.put_many(losses)
+            self.history.put("time", t2 - t0)
+            self.history.put("data_time", t1 - t0)
+            lr = float(lr)
+            done = it + 1
+            if self.rank == 0 and (done % log_period == 0 or done == self.max_iter
+                                   or it == self.start_iter):
+                logger.info(format_log_line(it, self.max_iter, self.history, lr, images_per_iter))
+                scalars = {k: self.history.median(k) for k in losses}
+                scalars.update(lr=lr, data_time=self.history.median("data_time"),
+                               images_per_s=images_per_iter / max(self.history.median("time"), 1e-9))
+                if self.loss_scale is not None:
+                    scalars["loss_scale"] = float(self.loss_scale.scale.numpy())
+                self.tb.scalars(done, scalars)
+            if vis_period > 0 and done % vis_period == 0 and self.rank == 0 and self.vis_fn:
+                self._visualise(batch, done)
+            if ckpt_period > 0 and done % ckpt_period == 0 and done < self.max_iter:
+                self.save()
+            if eval_period > 0 and done % eval_period == 0 and done < self.max_iter:
+                self._evaluate(done)
+            for hook in self.after_step_hooks:
+                hook(self, done)
+            it = done
+        self.last_metrics = {k: self.history.median(k) for k in self.history.names()}
+        if self.start_iter < self.max_iter:
+            self.save(final=True)
+        self.watchdog.stop()
+        self.tb.flush()
+        return self.last_metrics
+
+    def _visualise(self, batch, step: int) -> None:
+        try:
+            images = self.vis_fn({k: v.numpy() for k, v in batch.items()}, step)
+            self.tb.images(step, "train/predictions", images)
+        except Exception as e:  # noqa: BLE001 - a picture must never stop training
+            logger.warning("Visualisation at iteration %d failed: %s", step, e)
+
+    def _evaluate(self, step: int):
+        if self.eval_fn is None:
+            return None
+        with self.watchdog.pause():
+            metrics = self.eval_fn(step)
+        if self.rank == 0 and metrics:
+            flat = {}
+            for task, values in metrics.items():
+                if isinstance(values, dict):
+                    for name, value in values.items():
+                        if isinstance(value, (int, float)) and math.isfinite(value):
+                            flat[f"{task}/{name}"] = value
+            self.tb.scalars(step, flat)
+            self.tb.flush()
+        return metrics

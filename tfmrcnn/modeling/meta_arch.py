@@ -1,0 +1,140 @@
+"""GeneralizedRCNN: the whole Mask R-CNN, read top to bottom.
+
+    images (B, Hp, Wp, 3) BGR 0..255, zero-padded bottom/right to a multiple of 32
+      -> normalize: (images - PIXEL_MEAN) / PIXEL_STD, padding set back to 0 (detectron2 pads
+         the normalized image with zeros)
+      -> backbone: ResNet bottom-up res2..res5 -> FPN p2..p6
+      -> RPN on RPN.IN_FEATURES: proposals (B, P, 4) + objectness, losses in training
+      -> ROI heads on ROI_HEADS.IN_FEATURES: box head/predictor (+ mask head)
+      -> losses (training) or detections (inference), see NOTES.md for both formats.
+
+Mixed precision: with SOLVER.AMP.ENABLED the training forward runs backbone, FPN and heads in
+TRAINER.AMP_DTYPE (layers cast their float32 weights to the input's dtype; norms compute their
+statistics in float32); the RPN and ROI heads cast their outputs to float32, so anchors, box
+decoding, proposals, sampling and losses stay float32. TEST.BF16_INFERENCE does the same for
+inference in bfloat16. Variables are always float32.
+"""
+from __future__ import annotations
+
+from typing import Dict, List
+
+import tensorflow as tf
+
+from tfmrcnn.modeling.fpn import build_resnet_fpn_backbone
+from tfmrcnn.modeling.layers import named_variables
+from tfmrcnn.modeling.norm import norm_variables
+from tfmrcnn.modeling.roi_heads import StandardROIHeads
+from tfmrcnn.modeling.rpn import RPN
+
+
+def _check_supported(cfg):
+    m = cfg.MODEL
+    unsupported = {
+        "MODEL.META_ARCHITECTURE": (m.META_ARCHITECTURE, "GeneralizedRCNN"),
+        "MODEL.BACKBONE.NAME": (m.BACKBONE.NAME, "build_resnet_fpn_backbone"),
+        "MODEL.PROPOSAL_GENERATOR.NAME": (m.PROPOSAL_GENERATOR.NAME, "RPN"),
+        "MODEL.ROI_HEADS.NAME": (m.ROI_HEADS.NAME, "StandardROIHeads"),
+        "MODEL.KEYPOINT_ON": (m.KEYPOINT_ON, False),
+        "MODEL.LOAD_PROPOSALS": (m.LOAD_PROPOSALS, False),
+    }
+    for key, (value, supported) in unsupported.items():
+        if value != supported:
+            raise NotImplementedError(f"{key} = {value!r}: only {supported!r} is implemented")
+
+
+def _compute_dtype(enabled: bool, name: str) -> tf.DType:
+    if not enabled:
+        return tf.float32
+    dtype = tf.dtypes.as_dtype(name)
+    if dtype not in (tf.float16, tf.bfloat16):
+        raise ValueError(f"mixed precision dtype must be float16 or bfloat16, got {name!r}")
+    return dtype
+
+
+class GeneralizedRCNN(tf.Module):
+    """Mask R-CNN (Faster R-CNN with MODEL.MASK_ON False) with a ResNet-FPN backbone.
+
+    Submodules carry detectron2's names: `backbone` (bottom_up + fpn_*), `proposal_generator`,
+    `roi_heads`; every variable is named by its detectron2 state-dict key.
+    """
+
+    def __init__(self, cfg):
+        super().__init__(name=None)
+        _check_supported(cfg)
+        self.mask_on = bool(cfg.MODEL.MASK_ON)
+        self.pixel_mean = tuple(float(v) for v in cfg.MODEL.PIXEL_MEAN)
+        self.pixel_std = tuple(float(v) for v in cfg.MODEL.PIXEL_STD)
+        self.train_dtype = _compute_dtype(cfg.SOLVER.AMP.ENABLED, cfg.TRAINER.AMP_DTYPE)
+        self.test_dtype = _compute_dtype(cfg.TEST.BF16_INFERENCE, "bfloat16")
+
+        self.backbone = build_resnet_fpn_backbone(cfg)
+        self.rpn_in_features: List[str] = list(cfg.MODEL.RPN.IN_FEATURES)
+        self.roi_in_features: List[str] = list(cfg.MODEL.ROI_HEADS.IN_FEATURES)
+        channels, strides = self.backbone.out_channels, self.backbone.strides
+        self.proposal_generator = RPN(cfg, channels, [strides[f] for f in self.rpn_in_features])
+        self.roi_heads = StandardROIHeads(cfg, channels,
+                                          [strides[f] for f in self.roi_in_features])
+
+    # ------------------------------------------------------------------ data flow
+    def normalize(self, images, image_sizes, dtype=tf.float32):
+        """(images - PIXEL_MEAN) / PIXEL_STD with the padding (beyond image_sizes) zeroed."""
+        # images: (B, Hp, Wp, 3) BGR 0..255; image_sizes: (B, 2) int32 (h, w)
+        x = (tf.cast(images, tf.float32) - self.pixel_mean) / self.pixel_std
+        shape = tf.shape(x)
+        sizes = tf.cast(image_sizes, tf.int32)
+        rows = tf.range(shape[1])[None, :] < sizes[:, 0:1]  # (B, Hp)
+        cols = tf.range(shape[2])[None, :] < sizes[:, 1:2]  # (B, Wp)
+        inside = rows[:, :, None, None] & cols[:, None, :, None]  # (B, Hp, Wp, 1)
+        return tf.cast(tf.where(inside, x, 0.0), dtype)
+
+    def features(self, images, image_sizes, training: bool, dtype) -> Dict[str, tf.Tensor]:
+        """Normalized image -> FPN pyramid {p2..p6: (B, Hp / s, Wp / s, C)} in `dtype`."""
+        return self.backbone(self.normalize(images, image_sizes, dtype), training=training)
+
+    def compute_losses(self, batch: Dict[str, tf.Tensor], training: bool = True) -> Dict[str, tf.Tensor]:
+        """Training batch (NOTES.md format) -> {loss name: float32 scalar}.
+
+        `training` selects batch statistics in BN/SyncBN layers; the RPN and ROI heads always
+        run their training path (target assignment, sampling, train-time top-k).
+        """
+        image_sizes = tf.cast(batch["image_sizes"], tf.int32)  # (B, 2)
+        gt_boxes = tf.cast(batch["gt_boxes"], tf.float32)  # (B, G, 4)
+        gt_classes = tf.cast(batch["gt_classes"], tf.int32)  # (B, G), -1 = padding
+        crowd_boxes = batch.get("crowd_boxes")  # (B, C, 4) or None
+        gt_masks = batch.get("gt_masks") if self.mask_on else None  # (B, G, Hp, Wp)
+
+        features = self.features(batch["images"], image_sizes, training, self.train_dtype)
+        proposals, _, proposal_valid, rpn_losses = self.proposal_generator(
+            [features[f] for f in self.rpn_in_features], image_sizes, training=True,
+            gt_boxes=gt_boxes, gt_classes=gt_classes, crowd_boxes=crowd_boxes)
+        roi_losses = self.roi_heads.losses(
+            [features[f] for f in self.roi_in_features], proposals, proposal_valid, image_sizes,
+            gt_boxes, gt_classes, gt_masks, crowd_boxes, training=training)
+        losses = {**rpn_losses, **roi_losses}
+        return {k: tf.cast(v, tf.float32) for k, v in losses.items()}
+
+    def inference(self, images, image_sizes) -> Dict[str, tf.Tensor]:
+        """images (B, Hp, Wp, 3), image_sizes (B, 2) -> detections in resized-image pixels:
+        boxes (B, D, 4), scores (B, D), classes (B, D), num_detections (B,)
+        [, masks (B, D, 28, 28) probabilities]; rows past num_detections are padding."""
+        image_sizes = tf.cast(image_sizes, tf.int32)
+        features = self.features(images, image_sizes, False, self.test_dtype)
+        proposals, _, proposal_valid, _ = self.proposal_generator(
+            [features[f] for f in self.rpn_in_features], image_sizes, training=False)
+        return self.roi_heads.inference([features[f] for f in self.roi_in_features], proposals,
+                                        proposal_valid, image_sizes)
+
+    def make_inference_fn(self, jit_compile: bool = False):
+        """`inference` as a tf.function traced once for every batch and image size."""
+        return tf.function(self.inference, jit_compile=jit_compile, input_signature=[
+            tf.TensorSpec([None, None, None, 3], tf.float32, name="images"),
+            tf.TensorSpec([None, 2], tf.int32, name="image_sizes")])
+
+    # ------------------------------------------------------------------ variables
+    def named_variables(self) -> Dict[str, tf.Variable]:
+        """{detectron2 state-dict key: variable} of the whole model."""
+        return named_variables(self)
+
+    def norm_variables(self) -> List[tf.Variable]:
+        """Variables of every norm layer (weight decay WEIGHT_DECAY_NORM, 0 by default)."""
+        return norm_variables(self)
