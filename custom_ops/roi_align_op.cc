@@ -112,6 +112,38 @@ tsl::thread::ThreadPool* Workers(OpKernelContext* ctx) {
   return ctx->device()->tensorflow_cpu_worker_threads()->workers;
 }
 
+// Boundaries (num_bands + 1 values from 0 to N * H) of row bands of about equal backward work:
+// each ROI adds its estimated per-row cost to the rows it can touch.
+std::vector<int64_t> RowBands(const roi_align::Params& p, const float* boxes,
+                              const int32_t* box_indices, int64_t num_rois, int num_bands) {
+  const int64_t rows = int64_t{p.batch} * p.height;
+  std::vector<double> work(rows + 1, 0.0);  // difference array of the per-row work
+  for (int64_t r = 0; r < num_rois; ++r) {
+    int lo, hi;
+    roi_align::RoiRowBound(boxes + 4 * r, p, &lo, &hi);
+    if (lo >= hi) continue;
+    const double per_row = static_cast<double>(roi_align::RoiCost(boxes + 4 * r, p)) / (hi - lo);
+    const int64_t row0 = int64_t{box_indices[r]} * p.height;
+    work[row0 + lo] += per_row;
+    work[row0 + hi] -= per_row;
+  }
+  double total = 0.0, level = 0.0;
+  for (int64_t i = 0; i < rows; ++i) {
+    level += work[i];
+    total += level + 1.0;  // +1: every row also has a fixed cost
+    work[i] = total;       // now the cumulative work up to and including row i
+  }
+  std::vector<int64_t> bounds = {0};
+  for (int k = 1; k < num_bands; ++k) {
+    const double target = total * k / num_bands;
+    const int64_t cut = std::lower_bound(work.begin(), work.begin() + rows, target) -
+                        work.begin() + 1;
+    if (cut > bounds.back() && cut < rows) bounds.push_back(cut);
+  }
+  bounds.push_back(rows);
+  return bounds;
+}
+
 }  // namespace
 
 class RoiAlignCpuOp : public OpKernel {
@@ -147,7 +179,7 @@ class RoiAlignCpuOp : public OpKernel {
     // ROIs are independent: shard them; each shard owns its output rows.
     Workers(ctx)->ParallelFor(
         num_rois, std::max<int64_t>(cost / num_rois, 1), [&](int64_t begin, int64_t end) {
-          std::vector<float> scratch(roi_align::ScratchSize(p));
+          std::vector<float> scratch(roi_align::ForwardScratchSize(p));
           roi_align::ForwardRange(p, f, b, bi, begin, end, out, scratch.data());
         });
   }
@@ -196,23 +228,18 @@ class RoiAlignGradCpuOp : public OpKernel {
     const float* g = grad.flat<float>().data();
     const float* b = boxes.flat<float>().data();
     const int32_t* bi = box_indices.flat<int32_t>().data();
-    // Different ROIs overlap, so sharding over ROIs would race on d. Shards take disjoint
-    // channel blocks instead: every shard visits every ROI but writes only its own channels.
-    const int threads = pool->NumThreads();
-    const int blocks_wanted = std::max(1, 2 * threads);
-    int block = (p.channels + blocks_wanted - 1) / blocks_wanted;
-    block = std::max(block, std::min(p.channels, 16));  // keep >= 64 bytes per pixel slice
-    const int64_t num_blocks = (p.channels + block - 1) / block;
+    // ROIs overlap, so sharding over ROIs would race on d. Shards take disjoint bands of the
+    // stacked N * H feature rows instead, cut so that each band carries about the same work.
+    const std::vector<int64_t> bands = RowBands(p, b, bi, num_rois, 4 * pool->NumThreads());
+    const int64_t num_bands = static_cast<int64_t>(bands.size()) - 1;
     int64_t cost = 0;
     for (int64_t r = 0; r < num_rois; ++r) cost += roi_align::RoiCost(b + 4 * r, p);
-    pool->ParallelFor(num_blocks, std::max<int64_t>(cost / num_blocks, 1),
+    pool->ParallelFor(num_bands, std::max<int64_t>(cost / num_bands, 1),
                       [&](int64_t begin, int64_t end) {
-                        std::vector<float> scratch(roi_align::ScratchSize(p));
+                        std::vector<float> scratch(roi_align::BackwardScratchSize(p));
                         for (int64_t k = begin; k < end; ++k) {
-                          const int c0 = static_cast<int>(k * block);
-                          const int c1 = std::min(p.channels, c0 + block);
-                          roi_align::BackwardChannels(p, g, b, bi, num_rois, c0, c1, d,
-                                                      scratch.data());
+                          roi_align::BackwardRows(p, g, b, bi, num_rois, bands[k], bands[k + 1],
+                                                  d, scratch.data());
                         }
                       });
   }

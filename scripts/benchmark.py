@@ -8,8 +8,9 @@ header with the machine's load average, TensorFlow version and thread settings. 
 given = every module in scripts/bench/ whose name does not start with "_".
 
 Sections time their work with ``args.time(fn)``: it calls fn() ``args.warmup`` times, then
-``args.repeats`` times, waits for any returned tensors, and returns the median wall time in
-seconds. ``args.quick`` asks for smaller problem sizes (for smoke tests). These are numbers to
+``args.repeats`` times, waits for any returned tensors, and returns the median time in seconds:
+wall time, or with ``--clock cpu`` the CPU time of the whole process (all threads), which is the
+steadier number on a machine shared with other jobs. ``args.quick`` asks for smaller problem sizes (for smoke tests). These are numbers to
 read, not timed tests: nothing here asserts a speed.
 """
 import argparse
@@ -47,14 +48,18 @@ def _block(result):
             t.numpy()
 
 
-def median_time(fn, repeats, warmup):
+CLOCKS = {"wall": time.perf_counter, "cpu": time.process_time}
+
+
+def median_time(fn, repeats, warmup, clock="wall"):
+    now = CLOCKS[clock]
     for _ in range(warmup):
         _block(fn())
     times = []
     for _ in range(repeats):
-        start = time.perf_counter()
+        start = now()
         _block(fn())
-        times.append(time.perf_counter() - start)
+        times.append(now() - start)
     return statistics.median(times)
 
 
@@ -90,18 +95,23 @@ def main(argv=None):
     parser.add_argument("sections", nargs="*", help="default: all of %s" % available_sections())
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--warmup", type=int, default=2)
+    parser.add_argument("--clock", choices=sorted(CLOCKS), default="wall",
+                        help="wall time, or CPU time of the process (all threads)")
     parser.add_argument("--quick", action="store_true", help="small sizes (smoke test)")
     args = parser.parse_args(argv)
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    import tensorflow as tf
+    tf.get_logger().setLevel("ERROR")  # sections build many tf.functions: no retracing notes
     if ROOT not in sys.path:
         sys.path.insert(0, ROOT)
-    args.time = lambda fn: median_time(fn, args.repeats, args.warmup)
+    args.time = lambda fn: median_time(fn, args.repeats, args.warmup, args.clock)
     rows = []
     for name in args.sections or available_sections():
         for row in load_section(name).run(args):
             rows.append(dict(section=name, **row))
     print(header())
-    print("# median of %d repeats after %d warm-up calls" % (args.repeats, args.warmup))
+    print("# seconds of %s time, median of %d repeats after %d warm-up calls"
+          % (args.clock, args.repeats, args.warmup))
     print(format_table(rows))
     return rows
 

@@ -105,9 +105,9 @@ def run(args):
         upstream = tf.random.stateless_normal(
             [boxes.shape[0], *output_size, features.shape[-1]], seed=[1, 2])
         for name, impl in _implementations(output_size).items():
-            fwd = tf.function(lambda: impl(features, boxes, indices, scale))
+            fwd = tf.function(lambda: impl(features, boxes, indices, scale), autograph=False)
 
-            @tf.function
+            @tf.function(autograph=False)
             def fwd_bwd(impl=impl):
                 with tf.GradientTape() as tape:
                     tape.watch(features)

@@ -44,11 +44,12 @@ def test_r50_named_shapes():
 
 def test_norm_variants_and_agnostic_heads():
     cfg = get_cfg()
-    cfg.merge_from_list(["MODEL.RESNETS.NORM=GN", "MODEL.FPN.NORM=GN", "MODEL.ROI_BOX_HEAD.NUM_CONV=4",
-                         "MODEL.ROI_BOX_HEAD.NUM_FC=1", "MODEL.ROI_BOX_HEAD.NORM=GN",
-                         "MODEL.ROI_MASK_HEAD.NORM=GN", "MODEL.ROI_BOX_HEAD.CLS_AGNOSTIC_BBOX_REG=True",
-                         "MODEL.ROI_MASK_HEAD.CLS_AGNOSTIC_MASK=True", "MODEL.RESNETS.NUM_GROUPS=32",
-                         "MODEL.RESNETS.WIDTH_PER_GROUP=8"])
+    cfg.merge_from_list([
+        "MODEL.RESNETS.NORM=GN", "MODEL.FPN.NORM=GN", "MODEL.ROI_BOX_HEAD.NUM_CONV=4",
+        "MODEL.ROI_BOX_HEAD.NUM_FC=1", "MODEL.ROI_BOX_HEAD.NORM=GN", "MODEL.ROI_MASK_HEAD.NORM=GN",
+        "MODEL.ROI_BOX_HEAD.CLS_AGNOSTIC_BBOX_REG=True",
+        "MODEL.ROI_MASK_HEAD.CLS_AGNOSTIC_MASK=True",
+        "MODEL.RESNETS.NUM_GROUPS=32", "MODEL.RESNETS.WIDTH_PER_GROUP=8"])
     s = expected_d2_state_dict_shapes(cfg)
     assert "backbone.bottom_up.stem.conv1.norm.running_mean" not in s
     assert s["backbone.bottom_up.stem.conv1.norm.weight"] == (64,)

@@ -44,7 +44,8 @@ def test_malicious_reduce_is_refused_and_not_run(tmp_path):
 
 
 @pytest.mark.parametrize("obj, refused", [
-    (_Arbitrary(), "_Arbitrary"), (_CallsEval(), "builtins.eval"), (_CallsGetattr(), "builtins.getattr"),
+    (_Arbitrary(), "_Arbitrary"), (_CallsEval(), "builtins.eval"),
+    (_CallsGetattr(), "builtins.getattr"),
 ])
 def test_other_globals_are_refused(obj, refused):
     with pytest.raises(UnsafePickleError, match=refused):
@@ -72,7 +73,9 @@ def _py2_pickle(name: str, values: np.ndarray) -> bytes:
     raw = values.astype("<f4").tobytes()
 
     def string(b):  # SHORT_BINSTRING / BINSTRING: a Python 2 str
-        return (b"U" + bytes([len(b)]) + b) if len(b) < 256 else (b"T" + struct.pack("<i", len(b)) + b)
+        if len(b) < 256:
+            return b"U" + bytes([len(b)]) + b
+        return b"T" + struct.pack("<i", len(b)) + b
 
     array = (b"cnumpy.core.multiarray\n_reconstruct\n" + b"cnumpy\nndarray\n" + b"K\x00\x85"
              + string(b"b") + b"\x87R"

@@ -52,8 +52,10 @@ def test_against_numpy_with_offset_and_several_sizes():
     sizes, ratios = [16, 40], [0.25, 1.0, 3.0]  # a flat list applies to every level
     gen = DefaultAnchorGenerator(sizes, ratios, [8, 16], offset=0.5)
     out = gen([(3, 5), (2, 2)])
-    np.testing.assert_allclose(out[0].numpy(), np_anchors(3, 5, 8, sizes, ratios, 0.5), rtol=1e-6, atol=1e-4)
-    np.testing.assert_allclose(out[1].numpy(), np_anchors(2, 2, 16, sizes, ratios, 0.5), rtol=1e-6, atol=1e-4)
+    np.testing.assert_allclose(out[0].numpy(), np_anchors(3, 5, 8, sizes, ratios, 0.5),
+                               rtol=1e-6, atol=1e-4)
+    np.testing.assert_allclose(out[1].numpy(), np_anchors(2, 2, 16, sizes, ratios, 0.5),
+                               rtol=1e-6, atol=1e-4)
     assert out[0].shape == (3 * 5 * 6, 4)
 
 

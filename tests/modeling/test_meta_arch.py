@@ -109,23 +109,35 @@ def test_forward_backward_losses_and_gradients(tiny):
     assert not np.array_equal(bn.running_mean.numpy(), before)  # BN used batch statistics
 
 
-def test_inference_shapes_and_single_trace(tiny):
+def _check_detections(out, b, d=100):  # d = TEST.DETECTIONS_PER_IMAGE
+    assert out["boxes"].shape == (b, d, 4) and out["scores"].shape == (b, d)
+    assert out["classes"].shape == (b, d) and out["num_detections"].shape == (b,)
+    assert out["masks"].shape == (b, d, 28, 28)
+    n = out["num_detections"].numpy()
+    assert np.all((n >= 0) & (n <= d))
+    masks = out["masks"].numpy()
+    assert np.all(masks >= 0) and np.all(masks <= 1)
+    for i in range(b):  # rows past num_detections are zero padding
+        assert not out["scores"].numpy()[i, n[i]:].any() and not masks[i, n[i]:].any()
+
+
+def test_inference_eager(tiny):
+    batch = _rect_batch()
+    _check_detections(tiny.inference(batch["images"], batch["image_sizes"]), 2)
+
+
+@pytest.mark.slow  # tracing the whole model takes ~15 s on 2 CPU cores
+def test_inference_fn_traces_once_for_all_sizes(tiny):
     fn = tiny.make_inference_fn()
-    d = 100  # TEST.DETECTIONS_PER_IMAGE
     for hp, wp, b in ((96, 128, 2), (64, 64, 1)):
         images = tf.random.uniform([b, hp, wp, 3], 0, 255)
         sizes = tf.constant([[hp, wp]] * b, tf.int32)
-        out = fn(images, sizes)
-        assert out["boxes"].shape == (b, d, 4) and out["scores"].shape == (b, d)
-        assert out["classes"].shape == (b, d) and out["num_detections"].shape == (b,)
-        assert out["masks"].shape == (b, d, 28, 28)
-        n = out["num_detections"].numpy()
-        assert np.all((n >= 0) & (n <= d))
-        assert np.all(out["masks"].numpy() >= 0) and np.all(out["masks"].numpy() <= 1)
+        _check_detections(fn(images, sizes), b)
     assert fn.experimental_get_tracing_count() == 1
 
 
-@pytest.mark.parametrize("dtype", ["bfloat16", "float16"])
+# float16 convolutions are very slow on CPU (no oneDNN kernels): slow set only
+@pytest.mark.parametrize("dtype", ["bfloat16", pytest.param("float16", marks=pytest.mark.slow)])
 def test_mixed_precision_losses_are_float32(repo_root, dtype):
     model = GeneralizedRCNN(_tiny_cfg(repo_root, "SOLVER.AMP.ENABLED=True",
                                       f"TRAINER.AMP_DTYPE={dtype}"))

@@ -89,7 +89,8 @@ def np_fast_rcnn_inference(logits, deltas, proposals, valid, size, k, thresh, nm
             continue
         for c in range(k):
             if probs[p, c] > thresh:
-                box = np_apply_deltas(deltas[p, 4 * c:4 * c + 4], proposals[p])
+                col = 4 * c if deltas.shape[1] > 4 else 0  # class-agnostic: one box for all
+                box = np_apply_deltas(deltas[p, col:col + 4], proposals[p])
                 box = np.clip(box, 0, [size[1], size[0], size[1], size[0]])
                 cands.append((probs[p, c], c, box))
     cands.sort(key=lambda t: -t[0])
@@ -211,7 +212,8 @@ def test_sampling_pads_when_few_candidates_and_appends_gt():
     assert fg.sum() == 3 and fg[:3].all() and v.sum() == 5 and v[:5].all()
     assert sorted(out.classes.numpy()[0][:3].tolist()) == [1, 1, 2]
     assert (out.classes.numpy()[0][3:] == 3).all()
-    appended = [i for i in range(3) if np.allclose(out.boxes.numpy()[0, i], out.gt_boxes.numpy()[0, i])]
+    boxes, gt_of = out.boxes.numpy()[0], out.gt_boxes.numpy()[0]
+    appended = [i for i in range(3) if np.allclose(boxes[i], gt_of[i])]
     assert len(appended) == 2
     assert not out.boxes.numpy()[0, 5:].any()
 
@@ -264,12 +266,26 @@ def test_box_losses_without_foreground_are_finite():
     assert np.isfinite(tape.gradient(out["loss_box_reg"], deltas).numpy()).all()
 
 
+def test_classification_metrics_on_hand_built_samples():
+    samples, _, _, fg, valid, classes = _hand_samples()
+    logits = np.full((2, 4, 4), -5.0, np.float32)
+    pred = np.array([[2, 3, 3, 1], [3, 3, 0, 0]])  # fg: right, wrong (bg), wrong (bg)
+    np.put_along_axis(logits, pred[..., None], 5.0, axis=-1)
+    m = {k: v.numpy() for k, v in rh.classification_metrics(tf.constant(logits), samples).items()}
+    right = pred == classes
+    np.testing.assert_allclose(m["fast_rcnn/cls_accuracy"], right[valid].mean(), rtol=1e-6)
+    np.testing.assert_allclose(m["fast_rcnn/fg_cls_accuracy"], right[fg].mean(), rtol=1e-6)
+    np.testing.assert_allclose(m["fast_rcnn/false_negative"], (pred[fg] == 3).mean(), rtol=1e-6)
+    np.testing.assert_allclose(m["roi_head/num_fg_samples"], fg.sum() / 2)
+    np.testing.assert_allclose(m["roi_head/num_bg_samples"], (valid & ~fg).sum() / 2)
+
+
 # ---------------------------------------------------------------- inference
-@pytest.mark.parametrize("seed", [0, 1])
-def test_inference_matches_numpy_fast_rcnn_inference(seed):
+@pytest.mark.parametrize("seed,agnostic", [(0, False), (1, False), (3, True)])
+def test_inference_matches_numpy_fast_rcnn_inference(seed, agnostic):
     rng = np.random.default_rng(seed)
     b, p, k, d = 2, 40, 3, 12
-    cfg = _cfg(k=k, d=d)
+    cfg = _cfg(k=k, d=d, agnostic=agnostic)
     pred = rh.FastRCNNOutputLayers(cfg, 8)
     centres = _random_boxes(rng, 6, 64.0, 10, 30)
     proposals = np.stack([np.concatenate([_jitter(rng, centres[j], p // 6, 0.15)
@@ -277,7 +293,7 @@ def test_inference_matches_numpy_fast_rcnn_inference(seed):
                           for _ in range(b)])
     proposals[0, :3] = [[70, 5, 90, 20], [66, 70, 80, 90], [-20, -20, -5, -4]]  # clip to empty
     logits = rng.normal(0, 2, (b, p, k + 1)).astype(np.float32)
-    deltas = rng.normal(0, 0.5, (b, p, 4 * k)).astype(np.float32)
+    deltas = rng.normal(0, 0.5, (b, p, 4 if agnostic else 4 * k)).astype(np.float32)
     valid = rng.random((b, p)) < 0.9
     sizes = np.array([[64, 64], [50, 60]], np.int32)
     out = pred.inference(tf.constant(logits), tf.constant(deltas), tf.constant(proposals),
@@ -417,15 +433,44 @@ def test_losses_of_a_batch_combine_the_images_and_give_gradients():
         np.testing.assert_allclose(both[key].numpy(), ref.numpy(), rtol=1e-4, err_msg=key)
 
 
+def test_mask_loss_uses_the_matched_instance_mask_and_gt_class():
+    # the NumPy ROIAlign reference lives next to the mask-head tests (same folder, on sys.path)
+    from test_mask_head import np_bce_with_logits, np_roi_align
+
+    rng = np.random.default_rng(11)
+    heads = _heads(_cfg(k=3, s=64, frac=0.25))  # every candidate sampled: deterministic
+    feats = _features(rng, 2)
+    proposals, valid, gt, gt_classes, masks, crowd = _train_batch(rng)
+    loss = heads.losses(feats, proposals, valid, tf.constant([[64, 64]] * 2), gt, gt_classes,
+                        masks, crowd)["loss_mask"].numpy()
+    s = heads.sampler(proposals, valid, gt, gt_classes, crowd)
+    f = heads.sampler.max_foreground
+    logits = heads._mask_logits(feats, s.boxes[:, :f], False).numpy().reshape(2, f, 28, 28, 3)
+    terms = []
+    for i in range(2):
+        for slot in np.flatnonzero(s.foreground.numpy()[i]):
+            box = s.boxes.numpy()[i, slot]
+            # the instance is identified by its GT box, independently of the sampler's indices
+            ious = np_iou(gt.numpy()[i], box[None])[:, 0] * (gt_classes.numpy()[i] >= 0)
+            j = int(ious.argmax())
+            assert s.classes.numpy()[i, slot] == gt_classes.numpy()[i, j]
+            target = np_roi_align(masks.numpy()[i, j][None, :, :, None].astype(np.float32),
+                                  box[None], [0], (28, 28), 1.0)[0, :, :, 0] >= 0.5
+            x = logits[i, slot, :, :, gt_classes.numpy()[i, j]].astype(np.float64)
+            terms.append(np_bce_with_logits(x, target))
+    assert len(terms) > 2
+    np.testing.assert_allclose(loss, np.mean(terms), rtol=1e-4)
+
+
 def test_losses_without_gt_are_finite():
     rng = np.random.default_rng(6)
     heads = _heads(_cfg(k=3))
     feats = _features(rng, 2)
     proposals = tf.constant(np.stack([_random_boxes(rng, 10), _random_boxes(rng, 10)]))
     for g in (0, 2):  # no GT slot at all, or padding rows only
-        out = heads.losses(feats, proposals, tf.ones([2, 10], tf.bool), tf.constant([[64, 64]] * 2),
-                           tf.zeros([2, g, 4]), tf.fill([2, g], -1), tf.zeros([2, g, 64, 64], tf.uint8),
-                           tf.zeros([2, 0, 4]))
+        out = heads.losses(feats, proposals, tf.ones([2, 10], tf.bool),
+                           tf.constant([[64, 64]] * 2), tf.zeros([2, g, 4]), tf.fill([2, g], -1),
+                           tf.zeros([2, g, 64, 64], tf.uint8), tf.zeros([2, 0, 4]))
         assert out["loss_box_reg"].numpy() == 0.0 and out["loss_mask"].numpy() == 0.0
         assert np.isfinite(out["loss_cls"].numpy()) and out["loss_cls"].numpy() > 0
 
@@ -463,28 +508,37 @@ def test_inference_without_detections_is_all_padding():
         assert not out[key].numpy().any() and np.isfinite(out[key].numpy()).all()
 
 
-def test_graph_mode_with_unknown_dims():
+FSPEC = [tf.TensorSpec([None, None, None, 8], tf.float32) for _ in STRIDES]
+BOXES = tf.TensorSpec([None, None, 4], tf.float32)
+FLAGS = tf.TensorSpec([None, None], tf.bool)
+SIZES = tf.TensorSpec([None, 2], tf.int32)
+
+
+def test_inference_in_graph_mode_with_unknown_dims():
     rng = np.random.default_rng(9)
     heads = _heads(_cfg(k=3, d=8))
-    fspec = [tf.TensorSpec([None, None, None, 8], tf.float32) for _ in STRIDES]
-    box = tf.TensorSpec([None, None, 4], tf.float32)
-    flag = tf.TensorSpec([None, None], tf.bool)
-    sizes = tf.TensorSpec([None, 2], tf.int32)
-
-    @tf.function(input_signature=[fspec, box, flag, sizes])
-    def infer(f, p, v, s):
-        return heads.inference(f, p, v, s)
-
-    @tf.function(input_signature=[fspec, box, flag, sizes, box, tf.TensorSpec([None, None], tf.int32),
-                                  tf.TensorSpec([None, None, None, None], tf.uint8), box])
-    def train(f, p, v, s, g, c, m, cr):
-        return heads.losses(f, p, v, s, g, c, m, cr)
-
+    infer = tf.function(heads.inference, input_signature=[FSPEC, BOXES, FLAGS, SIZES])
     feats = _features(rng, 2)
-    proposals, valid, gt, gt_classes, masks, crowd = _train_batch(rng)
-    sizes_v = tf.constant([[64, 64]] * 2)
-    out = infer(feats, proposals, valid, sizes_v)
-    eager = heads.inference(feats, proposals, valid, sizes_v)
-    np.testing.assert_allclose(out["boxes"].numpy(), eager["boxes"].numpy(), atol=1e-4)
-    losses = train(feats, proposals, valid, sizes_v, gt, gt_classes, masks, crowd)
-    assert all(np.isfinite(v.numpy()) for v in losses.values())
+    proposals, valid, *_ = _train_batch(rng)
+    sizes = tf.constant([[64, 64], [60, 52]])
+    out = infer(feats, proposals, valid, sizes)
+    eager = heads.inference(feats, proposals, valid, sizes)
+    assert out["num_detections"].numpy().tolist() == eager["num_detections"].numpy().tolist()
+    for key in ("boxes", "scores", "masks"):
+        np.testing.assert_allclose(out[key].numpy(), eager[key].numpy(), atol=1e-4, err_msg=key)
+
+
+def test_losses_in_graph_mode_with_unknown_dims():
+    rng = np.random.default_rng(10)
+    heads = _heads(_cfg(k=3, s=64))
+    train = tf.function(heads.losses, input_signature=[
+        FSPEC, BOXES, FLAGS, SIZES, BOXES, tf.TensorSpec([None, None], tf.int32),
+        tf.TensorSpec([None, None, None, None], tf.uint8), BOXES])
+    feats = _features(rng, 2)
+    batch = _train_batch(rng)
+    sizes = tf.constant([[64, 64]] * 2)
+    proposals, valid, gt, gt_classes, masks, crowd = batch
+    graph = train(feats, proposals, valid, sizes, gt, gt_classes, masks, crowd)
+    eager = heads.losses(feats, proposals, valid, sizes, gt, gt_classes, masks, crowd)
+    for key in ("loss_cls", "loss_box_reg", "loss_mask"):  # every candidate sampled: same value
+        np.testing.assert_allclose(graph[key].numpy(), eager[key].numpy(), rtol=1e-4, err_msg=key)

@@ -127,9 +127,10 @@ def test_head_outputs_follow_anchor_order():
     p = "proposal_generator.rpn_head."
     for f, obj, dl in zip(feats, objectness, deltas):
         x = f.numpy()
-        t = np.maximum(np_conv(x, v[p + "conv.weight"].numpy(), v[p + "conv.bias"].numpy()), 0)
-        o = np_conv(t, v[p + "objectness_logits.weight"].numpy(), v[p + "objectness_logits.bias"].numpy())
-        d = np_conv(t, v[p + "anchor_deltas.weight"].numpy(), v[p + "anchor_deltas.bias"].numpy())
+        wb = lambda name: (v[p + name + ".weight"].numpy(), v[p + name + ".bias"].numpy())
+        t = np.maximum(np_conv(x, *wb("conv")), 0)
+        o = np_conv(t, *wb("objectness_logits"))
+        d = np_conv(t, *wb("anchor_deltas"))
         b, h, w = x.shape[:3]
         # detectron2: deltas channel a*4 + j is coordinate j of anchor a; order (y, x, anchor)
         np.testing.assert_allclose(obj.numpy(), o.reshape(b, h * w * 3), rtol=1e-4, atol=1e-4)
@@ -201,7 +202,9 @@ def _np_losses(anchors, labels, matched, logits, deltas, beta, batch_size):
     pos, sampled = labels == 1, labels >= 0
     z = pos.astype(np.float64)
     bce = np.maximum(logits, 0) - logits * z + np.log1p(np.exp(-np.abs(logits)))
-    diff = np.abs(deltas - np_encode(np.broadcast_to(anchors, matched.shape), matched))
+    with np.errstate(divide="ignore"):  # non-positives may hold zero boxes: log(0), unused
+        target = np_encode(np.broadcast_to(anchors, matched.shape), matched)
+    diff = np.abs(deltas - target)
     loc = diff if beta == 0 else np.where(diff < beta, 0.5 * diff ** 2 / beta, diff - 0.5 * beta)
     norm = labels.shape[0] * batch_size
     return bce[sampled].sum() / norm, loc[pos].sum() / norm
@@ -269,7 +272,8 @@ def test_batch_equals_each_image_alone():
     for i in range(2):
         alone = rpn([f[i:i + 1] for f in feats], sizes[i:i + 1], training=False)
         for got, want in zip(batched[:3], alone[:3]):
-            np.testing.assert_allclose(np.asarray(got[i]), np.asarray(want[0]), rtol=1e-6, atol=1e-5)
+            np.testing.assert_allclose(np.asarray(got[i]), np.asarray(want[0]),
+                                       rtol=1e-6, atol=1e-5)
     assert batched[3] == {}
     # targets are per image too
     anchors = tf.concat(rpn.anchor_generator([(8, 12), (4, 6)]), axis=0)
@@ -286,7 +290,8 @@ def test_training_in_tf_function_traces_once():
     spec = [tf.TensorSpec([None, None, None, 4]), tf.TensorSpec([None, None, None, 4])]
 
     @tf.function(input_signature=[spec, tf.TensorSpec([None, 2], tf.int32),
-                                  tf.TensorSpec([None, None, 4]), tf.TensorSpec([None, None], tf.int32),
+                                  tf.TensorSpec([None, None, 4]),
+                                  tf.TensorSpec([None, None], tf.int32),
                                   tf.TensorSpec([None, None, 4])])
     def step(feats, sizes, gt_boxes, gt_classes, crowd):
         with tf.GradientTape() as tape:

@@ -10,11 +10,8 @@ Inputs:
 - detectron2 ``.pkl`` (model zoo, ``{"model": {name: ndarray}, "__author__": ...}``), read
   with the restricted unpickler;
 - Caffe2/MSRA ImageNet ``.pkl`` (``{"blobs": {...}}`` or flat blobs, BN folded into scale
-  ``_bn_s`` and shift ``_bn_b``): converted to the bottom-up backbone only. A folded BN becomes
-  FrozenBN with ``weight = s``, ``bias = b``, ``running_mean = 0``, ``running_var = 1 - eps``, so
-  ``weight / sqrt(running_var + eps) = s`` exactly. detectron2 does the same: its
-  FrozenBatchNorm2d buffers start at ``running_var = 1 - eps`` and the C2 loader
-  (``align_and_update_state_dicts``) leaves them untouched when the file has no statistics;
+  ``_bn_s`` and shift ``_bn_b``): converted to the bottom-up backbone only; a folded BN becomes
+  FrozenBN with identity statistics (``running_var = 1 - eps``, see `c2_names`);
 - ``.pth`` when PyTorch is installed.
 """
 from __future__ import annotations
@@ -27,23 +24,23 @@ from typing import Callable, Dict, List, Optional, Tuple
 
 import numpy as np
 
-from .c2_names import convert_c2_names, looks_like_c2
+from .c2_names import FROZEN_BN_EPS, convert_c2_names, looks_like_c2
 from .d2_config import cfg_from_d2_config
 from .d2_names import TensorSpec, expected_d2_tensors
 from .infer_config import infer_cfg_from_shapes
 from .layouts import to_d2, to_tf
-from .safe_pickle import safe_load
+from .safe_pickle import UnsafePickleError, safe_load
 from .weights_io import atomic_write, save_weights
 
 __all__ = [
     "ConversionError", "Checkpoint", "ConversionResult", "FROZEN_BN_EPS",
-    "read_checkpoint", "check_names_and_shapes", "d2_to_tf", "tf_to_d2", "export_d2_pkl", "convert_checkpoint",
+    "read_checkpoint", "check_names_and_shapes", "d2_to_tf", "tf_to_d2", "export_d2_pkl",
+    "convert_checkpoint",
     "WEIGHTS_FILENAME", "CONFIG_FILENAME",
 ]
 
 WEIGHTS_FILENAME = "model_final.npz"
 CONFIG_FILENAME = "config.yaml"
-FROZEN_BN_EPS = 1e-5  # detectron2's FrozenBatchNorm2d eps
 
 _KNOWN_EXTRAS = re.compile(
     r"^(proposal_generator\.anchor_generator\.cell_anchors\..*|pixel_mean|pixel_std"
@@ -64,6 +61,7 @@ class Checkpoint:
     matching_heuristics: bool = False
     extras: Dict[str, np.ndarray] = field(default_factory=dict)  # tolerated non-weights
     dropped: List[str] = field(default_factory=list)  # C2 blobs that are not detector weights
+    folded_bn: int = 0  # C2 norms given identity statistics (see c2_names)
 
     @property
     def backbone_only(self) -> bool:
@@ -118,6 +116,8 @@ def read_checkpoint(path: str) -> Checkpoint:
     else:
         try:
             data = safe_load(path)
+        except UnsafePickleError:
+            raise
         except (pickle.UnpicklingError, EOFError) as e:
             raise ConversionError(f"{path}: {e}") from None
         fmt = None
@@ -135,34 +135,16 @@ def read_checkpoint(path: str) -> Checkpoint:
         fmt = "caffe2" if looks_like_c2(state) else "detectron2"
     if fmt == "caffe2":
         blobs = {k: _as_array(k, v, path) for k, v in state.items()}
-        renamed, dropped, unknown = convert_c2_names(blobs)
+        renamed, dropped, unknown, folded = convert_c2_names(blobs)
         if unknown:
             raise ConversionError(f"{path}: Caffe2 blobs that are not ResNet backbone weights "
                                   f"({len(unknown)}): " + ", ".join(unknown))
-        return Checkpoint(renamed, fmt, path, author or "Caffe2", dropped=dropped)
+        return Checkpoint(renamed, fmt, path, author or "Caffe2", dropped=dropped, folded_bn=folded)
     weights, extras = _split_extras(state, path)
     return Checkpoint(weights, fmt, path, author, heuristics, extras)
 
 
 # ------------------------------------------------------------------------------- mapping
-def _add_folded_bn_statistics(state: Dict[str, np.ndarray], specs: Dict[str, TensorSpec]) -> List[str]:
-    """Give BN-folded norms (weight/bias only) the identity statistics; returns the names added."""
-    added = []
-    for name in specs:
-        if not (name.endswith(".norm.running_mean") or name.endswith(".norm.running_var")):
-            continue
-        prefix = name.rsplit(".", 1)[0]
-        if name in state or f"{prefix}.weight" not in state:
-            continue
-        channels = state[f"{prefix}.weight"].shape
-        if name.endswith("running_mean"):
-            state[name] = np.zeros(channels, np.float32)
-        else:
-            state[name] = np.full(channels, 1.0 - FROZEN_BN_EPS, np.float32)
-        added.append(name)
-    return added
-
-
 def _apply_matching_heuristics(state: Dict[str, np.ndarray], expected) -> Dict[str, np.ndarray]:
     """detectron2's rule for `matching_heuristics` files: a key may be a '.'-suffix of the model's
     name. Only unambiguous suffixes are renamed; the rest is left for the exact check to report."""
@@ -218,14 +200,15 @@ def d2_to_tf(state: Dict[str, np.ndarray], cfg, backbone_only: bool = False,
             for name, spec in specs.items()}
 
 
-def tf_to_d2(named_arrays: Dict[str, np.ndarray], cfg, backbone_only: bool = False) -> Dict[str, np.ndarray]:
+def tf_to_d2(named_arrays: Dict[str, np.ndarray], cfg,
+             backbone_only: bool = False) -> Dict[str, np.ndarray]:
     """Inverse of `d2_to_tf`: tfmrcnn layouts -> detectron2 layouts (same names)."""
     specs = expected_d2_tensors(cfg, backbone_only)
     missing = [n for n in specs if n not in named_arrays]
     unexpected = sorted(n for n in named_arrays if n not in specs)
     if missing or unexpected:
-        raise ConversionError("weights do not match the config: "
-                              + _listing("missing", missing) + "; " + _listing("unexpected", unexpected))
+        raise ConversionError("weights do not match the config: " + _listing("missing", missing)
+                              + "; " + _listing("unexpected", unexpected))
     return {name: to_d2(np.asarray(named_arrays[name]), spec) for name, spec in specs.items()}
 
 
@@ -263,7 +246,8 @@ def _build_cfg(ckpt: Checkpoint, d2_config: Optional[str], notes: List[str]):
                      f"{len(report.ignored)} ignored (no effect on inference)")
         return cfg
     shapes = {k: tuple(v.shape) for k, v in ckpt.state.items()}
-    stats = {k: v.reshape(-1).tolist() for k, v in ckpt.extras.items() if k in ("pixel_mean", "pixel_std")}
+    stats = {k: v.reshape(-1).tolist() for k, v in ckpt.extras.items()
+             if k in ("pixel_mean", "pixel_std")}
     cfg, assumed = infer_cfg_from_shapes(shapes, ckpt.backbone_only, stats)
     notes.extend(assumed)
     return cfg
@@ -278,6 +262,9 @@ def convert_checkpoint(model_path: str, output_dir: str, d2_config: Optional[str
     if ckpt.dropped:
         notes.append(f"dropped {len(ckpt.dropped)} Caffe2 blobs that are not detector weights "
                      f"(optimizer momentum, ImageNet classifier)")
+    if ckpt.folded_bn:
+        notes.append(f"BN folded in the Caffe2 file: {ckpt.folded_bn} norms get running_mean=0, "
+                     f"running_var=1-{FROZEN_BN_EPS} (FrozenBN scale stays exactly bn_s)")
     if ckpt.extras:
         notes.append("ignored non-weight buffers: " + ", ".join(sorted(ckpt.extras)))
     try:
@@ -288,11 +275,6 @@ def convert_checkpoint(model_path: str, output_dir: str, d2_config: Optional[str
     state = dict(ckpt.state)
     if ckpt.matching_heuristics:
         state = _apply_matching_heuristics(state, specs)
-    if ckpt.backbone_only:
-        added = _add_folded_bn_statistics(state, specs)
-        if added:
-            notes.append(f"BN folded in the Caffe2 file: {len(added) // 2} norms get running_mean=0, "
-                         f"running_var=1-{FROZEN_BN_EPS} (scale stays exactly bn_s)")
     arrays = d2_to_tf(state, cfg, ckpt.backbone_only, source=model_path)
     os.makedirs(output_dir, exist_ok=True)
     weights_path = os.path.join(output_dir, WEIGHTS_FILENAME)

@@ -78,7 +78,8 @@ MAPPED_KEYS = tuple(_MAPPED_DEFAULTS)
 # key -> (detectron2 default, accepted values, why). Values are compared after list/tuple
 # normalisation. A key whose check depends on another (the mask head name) is in _CONDITIONAL.
 REQUIRED_VALUES: Dict[str, Tuple[Any, List[Any], str]] = {
-    "MODEL.META_ARCHITECTURE": ("GeneralizedRCNN", ["GeneralizedRCNN"], "only GeneralizedRCNN is implemented"),
+    "MODEL.META_ARCHITECTURE": ("GeneralizedRCNN", ["GeneralizedRCNN"],
+                                "only GeneralizedRCNN is implemented"),
     "MODEL.LOAD_PROPOSALS": (False, [False], "precomputed proposals are not supported"),
     "MODEL.KEYPOINT_ON": (False, [False], "the keypoint head is not implemented"),
     "MODEL.BACKBONE.NAME": ("build_resnet_backbone", ["build_resnet_fpn_backbone"],
@@ -90,15 +91,22 @@ REQUIRED_VALUES: Dict[str, Tuple[Any, List[Any], str]] = {
     "MODEL.PROPOSAL_GENERATOR.NAME": ("RPN", ["RPN"], "only the RPN is implemented"),
     "MODEL.ANCHOR_GENERATOR.NAME": ("DefaultAnchorGenerator", ["DefaultAnchorGenerator"],
                                     "only axis-aligned default anchors are implemented"),
-    "MODEL.RPN.HEAD_NAME": ("StandardRPNHead", ["StandardRPNHead"], "only StandardRPNHead is implemented"),
+    "MODEL.RPN.HEAD_NAME": ("StandardRPNHead", ["StandardRPNHead"],
+                            "only StandardRPNHead is implemented"),
     "MODEL.RPN.IN_FEATURES": (["res4"], [["p2", "p3", "p4", "p5", "p6"]], "the RPN runs on P2..P6"),
     "MODEL.RPN.CONV_DIMS": ([-1], [[-1]], "the RPN head has one conv of the input width"),
     "MODEL.ROI_HEADS.NAME": ("Res5ROIHeads", ["StandardROIHeads"],
                              "only StandardROIHeads is implemented (no C4, no cascade)"),
-    "MODEL.ROI_HEADS.IN_FEATURES": (["res4"], [["p2", "p3", "p4", "p5"]], "the ROI heads pool P2..P5"),
-    "MODEL.ROI_BOX_HEAD.NAME": ("", ["FastRCNNConvFCHead"], "only FastRCNNConvFCHead is implemented"),
-    "MODEL.ROI_BOX_HEAD.POOLER_TYPE": ("ROIAlignV2", ["ROIAlignV2"], "only ROIAlignV2 is implemented"),
-    "MODEL.ROI_MASK_HEAD.POOLER_TYPE": ("ROIAlignV2", ["ROIAlignV2"], "only ROIAlignV2 is implemented"),
+    "MODEL.ROI_HEADS.IN_FEATURES": (["res4"], [["p2", "p3", "p4", "p5"]],
+                                    "the ROI heads pool P2..P5"),
+    "MODEL.ROI_BOX_HEAD.NAME": ("", ["FastRCNNConvFCHead"],
+                                "only FastRCNNConvFCHead is implemented"),
+    "MODEL.ROI_BOX_HEAD.USE_SIGMOID_CE": (False, [False],
+                                          "sigmoid class scores are not implemented"),
+    "MODEL.ROI_BOX_HEAD.POOLER_TYPE": ("ROIAlignV2", ["ROIAlignV2"],
+                                       "only ROIAlignV2 is implemented"),
+    "MODEL.ROI_MASK_HEAD.POOLER_TYPE": ("ROIAlignV2", ["ROIAlignV2"],
+                                        "only ROIAlignV2 is implemented"),
     "TEST.AUG.ENABLED": (False, [False], "test-time augmentation is not implemented"),
 }
 _CONDITIONAL = {
@@ -106,7 +114,8 @@ _CONDITIONAL = {
     "MODEL.ROI_MASK_HEAD.NAME": ("MaskRCNNConvUpsampleHead", ["MaskRCNNConvUpsampleHead"],
                                  "only MaskRCNNConvUpsampleHead is implemented"),
 }
-D2_DEFAULTS = {**_MAPPED_DEFAULTS, **{k: v[0] for k, v in {**REQUIRED_VALUES, **_CONDITIONAL}.items()}}
+D2_DEFAULTS = {**_MAPPED_DEFAULTS,
+               **{k: v[0] for k, v in {**REQUIRED_VALUES, **_CONDITIONAL}.items()}}
 
 # Keys (exact) and groups (prefix ending with '.') that do not change inference.
 _IGNORED = (
@@ -127,6 +136,8 @@ _IGNORED = (
     "MODEL.ROI_HEADS.PROPOSAL_APPEND_GT",
     "MODEL.ROI_BOX_HEAD.BBOX_REG_LOSS_TYPE", "MODEL.ROI_BOX_HEAD.BBOX_REG_LOSS_WEIGHT",
     "MODEL.ROI_BOX_HEAD.SMOOTH_L1_BETA", "MODEL.ROI_BOX_HEAD.TRAIN_ON_PRED_BOXES",
+    "MODEL.ROI_BOX_HEAD.USE_FED_LOSS", "MODEL.ROI_BOX_HEAD.FED_LOSS_FREQ_WEIGHT_POWER",
+    "MODEL.ROI_BOX_HEAD.FED_LOSS_NUM_CLASSES",
     # modules ruled out by the required keys above
     "MODEL.ROI_KEYPOINT_HEAD.", "MODEL.SEM_SEG_HEAD.", "MODEL.PANOPTIC_FPN.", "MODEL.RETINANET.",
     "MODEL.ROI_BOX_CASCADE_HEAD.", "MODEL.ANCHOR_GENERATOR.ANGLES",

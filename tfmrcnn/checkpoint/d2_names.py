@@ -56,7 +56,8 @@ def norm_suffixes(norm: str) -> Tuple[str, ...]:
 def resnet_num_blocks(depth: int) -> Tuple[int, int, int, int]:
     """Blocks in res2..res5 for a ResNet depth."""
     if depth not in _RESNET_BLOCKS:
-        raise ValueError(f"unsupported MODEL.RESNETS.DEPTH {depth} (one of {sorted(_RESNET_BLOCKS)})")
+        raise ValueError(f"unsupported MODEL.RESNETS.DEPTH {depth} "
+                         f"(one of {sorted(_RESNET_BLOCKS)})")
     return _RESNET_BLOCKS[depth]
 
 

@@ -41,7 +41,8 @@ def _norm_of(shapes: Shapes, prefix: str, stat_norm: str) -> str:
 
 def _depth(shapes: Shapes) -> int:
     basic = f"{BOTTOM_UP}.res2.0.conv3.weight" not in shapes
-    blocks = tuple(_count(shapes, rf"^{re.escape(BOTTOM_UP)}\.res{s}\.(\d+)\.") for s in (2, 3, 4, 5))
+    blocks = tuple(_count(shapes, rf"^{re.escape(BOTTOM_UP)}\.res{s}\.(\d+)\.")
+                   for s in (2, 3, 4, 5))
     for depth in ((18, 34) if basic else (50, 101, 152)):
         if resnet_num_blocks(depth) == blocks:
             return depth
@@ -64,7 +65,8 @@ def _backbone(shapes: Shapes, cfg, notes: List[str]) -> None:
     if r.NORM == "FrozenBN":
         notes.append("backbone norm: 4 tensors per norm read as FrozenBN (BN/SyncBN compute the "
                      "same at inference)")
-    notes.append(f"MODEL.RESNETS.STRIDE_IN_1X1 = {r.STRIDE_IN_1X1} assumed (not visible in weights)")
+    notes.append(f"MODEL.RESNETS.STRIDE_IN_1X1 = {r.STRIDE_IN_1X1} assumed "
+                 "(not visible in the weights)")
 
 
 def _fpn(shapes: Shapes, cfg) -> None:
@@ -77,8 +79,8 @@ def _rpn(shapes: Shapes, cfg) -> None:
     a = cfg.MODEL.ANCHOR_GENERATOR
     default = len(a.SIZES[0]) * len(a.ASPECT_RATIOS[0])
     if anchors != default:
-        raise InferenceError(f"the RPN predicts {anchors} anchors per location, the default anchors "
-                             f"give {default}: pass the detectron2 config (--d2-config)")
+        raise InferenceError(f"the RPN predicts {anchors} anchors per location, the default "
+                             f"anchors give {default}: pass the detectron2 config (--d2-config)")
 
 
 def _box_head(shapes: Shapes, cfg) -> int:
@@ -101,7 +103,8 @@ def _box_head(shapes: Shapes, cfg) -> int:
     h.POOLER_RESOLUTION = side
     classes = shapes["roi_heads.box_predictor.cls_score.weight"][0] - 1
     cfg.MODEL.ROI_HEADS.NUM_CLASSES = classes
-    h.CLS_AGNOSTIC_BBOX_REG = classes > 1 and shapes["roi_heads.box_predictor.bbox_pred.weight"][0] == 4
+    reg_outputs = shapes["roi_heads.box_predictor.bbox_pred.weight"][0]
+    h.CLS_AGNOSTIC_BBOX_REG = classes > 1 and reg_outputs == 4
     return classes
 
 

@@ -57,7 +57,7 @@ def _allowed_globals() -> Dict[Tuple[str, str], Any]:
         for obj in (dict, list, tuple, set, frozenset, str, bytes, int, float, bool):
             allowed[(module, obj.__name__)] = obj
     allowed[("collections", "OrderedDict")] = collections.OrderedDict
-    # Protocol 2 under Python 3 pickles `bytes` (e.g. ndarray buffers) as _codecs.encode(s, 'latin1').
+    # Protocol 2 under Python 3 pickles `bytes` (ndarray buffers) as _codecs.encode(s, 'latin1').
     allowed[("_codecs", "encode")] = _latin1_encode
     return allowed
 

@@ -127,7 +127,8 @@ class LoadReport:
 
 
 def _list(title: str, keys: List[str], limit: int = 30) -> str:
-    shown = ", ".join(keys[:limit]) + (f", ... ({len(keys) - limit} more)" if len(keys) > limit else "")
+    more = f", ... ({len(keys) - limit} more)" if len(keys) > limit else ""
+    shown = ", ".join(keys[:limit]) + more
     return f"{title} ({len(keys)}): {shown}"
 
 

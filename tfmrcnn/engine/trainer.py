@@ -121,7 +121,7 @@ class Trainer:
         self.after_step_hooks = []
 
     # ------------------------------------------------------------------ state
-    def _broadcast_state(self) -> None:
+    def broadcast_state(self) -> None:
         variables = list(self.model.variables) + list(self.optimizer.slots)
         if self.loss_scale is not None:
             variables += [self.loss_scale.scale, self.loss_scale.good_steps]
@@ -181,7 +181,7 @@ class Trainer:
         vis_period = int(cfg.TRAINER.VIS_PERIOD)
         logger.info("Starting training from iteration %d to %d (%d processes, %d images per "
                     "iteration)", self.start_iter, self.max_iter, self.size, images_per_iter)
-        self._broadcast_state()
+        self.broadcast_state()
         self.watchdog.start()
         it = self.start_iter
         while it < self.max_iter:
@@ -203,7 +203,7 @@ class Trainer:
                     f"A gradient became infinite or NaN at iteration={it} (losses {losses}). "
                     "Training stopped; the last checkpoint is kept.")
             if it == self.start_iter:
-                self._broadcast_state()
+                self.broadcast_state()
             self.history.put_many(losses)
             self.history.put("time", t2 - t0)
             self.history.put("data_time", t1 - t0)
@@ -223,7 +223,7 @@ class Trainer:
             if ckpt_period > 0 and done % ckpt_period == 0 and done < self.max_iter:
                 self.save()
             if eval_period > 0 and done % eval_period == 0 and done < self.max_iter:
-                self._evaluate(done)
+                self.evaluate(done)
             for hook in self.after_step_hooks:
                 hook(self, done)
             it = done
@@ -241,7 +241,7 @@ class Trainer:
         except Exception as e:  # noqa: BLE001 - a picture must never stop training
             logger.warning("Visualisation at iteration %d failed: %s", step, e)
 
-    def _evaluate(self, step: int):
+    def evaluate(self, step: int):
         if self.eval_fn is None:
             return None
         with self.watchdog.pause():

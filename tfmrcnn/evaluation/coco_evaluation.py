@@ -52,8 +52,10 @@ def encode_masks(masks):
     masks = np.asarray(masks)
     if len(masks) == 0:
         return []
-    # pycocotools reads an (H, W, D) Fortran array: each mask column-major, masks one after another
-    stack = np.asfortranarray(masks.transpose(1, 2, 0).astype(np.uint8))
+    # pycocotools reads an (H, W, D) Fortran array: each mask column-major, masks one after
+    # another. paste_masks_in_image already returns that layout, so this is usually no copy.
+    stack = np.asfortranarray(masks.transpose(1, 2, 0))
+    stack = stack.view(np.uint8) if stack.dtype == bool else stack.astype(np.uint8, order="F")
     rles = mask_util.encode(stack)
     for rle in rles:
         rle["counts"] = rle["counts"].decode("ascii")

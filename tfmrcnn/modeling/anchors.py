@@ -7,6 +7,8 @@ Cell anchors of a level: for every size s (outer loop) and aspect ratio r = h / 
 The anchors of a level with feature map (H, W) and stride t are the cell anchors shifted by
 ``(x * t + offset * t, y * t + offset * t)`` for every cell, flattened in order (y, x, anchor):
 the same order as the RPN head's flattened outputs.
+
+Entry points are ``do_not_convert`` (no Python decisions on tensor values; see box_ops).
 """
 from __future__ import annotations
 
@@ -50,9 +52,10 @@ class DefaultAnchorGenerator:
         self.strides = [int(s) for s in strides]
         self.offset = float(offset)
         n = len(self.strides)
-        self.cell_anchors: List[np.ndarray] = [
-            generate_cell_anchors(s, r) for s, r in zip(_per_level(sizes, n, "sizes"),
-                                                        _per_level(aspect_ratios, n, "aspect_ratios"))]
+        sizes = _per_level(sizes, n, "sizes")
+        ratios = _per_level(aspect_ratios, n, "aspect_ratios")
+        self.cell_anchors: List[np.ndarray] = [generate_cell_anchors(s, r)
+                                               for s, r in zip(sizes, ratios)]
 
     @property
     def num_anchors(self) -> List[int]:
@@ -70,6 +73,7 @@ class DefaultAnchorGenerator:
         cell = tf.constant(self.cell_anchors[level])  # (A, 4)
         return tf.reshape(shifts[:, None, :] + cell[None, :, :], [-1, 4])
 
+    @tf.autograph.experimental.do_not_convert
     def __call__(self, feature_shapes) -> List[tf.Tensor]:
         """feature_shapes: per level (H, W) -> per level (H * W * A, 4) anchors."""
         if len(feature_shapes) != len(self.strides):

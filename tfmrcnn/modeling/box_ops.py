@@ -6,6 +6,10 @@ A box is ``(x0, y0, x1, y1)`` in continuous pixel coordinates of the resized ima
 (i, j) spans [j, j+1] x [i, i+1]. Width is ``x1 - x0`` and area ``w * h`` (no +1, unlike
 Detectron1/tensorpack). Boxes with ``x1 <= x0`` or ``y1 <= y0`` are empty. All functions take
 boxes with arbitrary leading dims ``(..., 4)``.
+
+Nothing here makes Python decisions on tensor values, so the entry points are marked
+``tf.autograph.experimental.do_not_convert``: inside a caller's tf.function they trace as plain
+graph code instead of being re-parsed by AutoGraph (which cost seconds per trace).
 """
 from __future__ import annotations
 
@@ -37,6 +41,7 @@ class Box2BoxTransform:
         self.weights = tuple(float(w) for w in weights)
         self.scale_clamp = float(scale_clamp)
 
+    @tf.autograph.experimental.do_not_convert
     def get_deltas(self, src_boxes, target_boxes):
         # src_boxes, target_boxes: (..., 4) xyxy -> (..., 4) deltas
         src_boxes = tf.cast(src_boxes, tf.float32)
@@ -49,6 +54,7 @@ class Box2BoxTransform:
                          ww * tf.math.log(tw / sw),
                          wh * tf.math.log(th / sh)], axis=-1)
 
+    @tf.autograph.experimental.do_not_convert
     def apply_deltas(self, deltas, boxes):
         """deltas (..., 4k) applied to boxes (..., 4) -> (..., 4k) xyxy float32.
 
@@ -75,6 +81,7 @@ def _centre_size(boxes):
     return boxes[..., 0] + 0.5 * w, boxes[..., 1] + 0.5 * h, w, h
 
 
+@tf.autograph.experimental.do_not_convert
 def box_area(boxes):
     # (..., 4) -> (...); may be negative for inverted boxes, like detectron2's Boxes.area
     boxes = tf.convert_to_tensor(boxes)
@@ -97,6 +104,7 @@ def _safe_ratio(num, den):
     return tf.where(pos, num / tf.where(pos, den, tf.ones_like(den)), tf.zeros_like(num))
 
 
+@tf.autograph.experimental.do_not_convert
 def pairwise_iou(boxes1, boxes2):
     """IoU of every pair: (..., N, 4) x (..., M, 4) -> (..., N, M); 0 where boxes don't overlap.
 
@@ -107,6 +115,7 @@ def pairwise_iou(boxes1, boxes2):
     return _safe_ratio(inter, union)
 
 
+@tf.autograph.experimental.do_not_convert
 def pairwise_ioa(boxes1, boxes2):
     """Intersection over the area of boxes2: (..., N, 4) x (..., M, 4) -> (..., N, M).
 
@@ -117,6 +126,7 @@ def pairwise_ioa(boxes1, boxes2):
     return _safe_ratio(inter, tf.broadcast_to(box_area(boxes2)[..., None, :], tf.shape(inter)))
 
 
+@tf.autograph.experimental.do_not_convert
 def clip_boxes(boxes, image_sizes):
     """Clamp x to [0, w] and y to [0, h] of boxes (..., 4).
 
@@ -135,6 +145,7 @@ def clip_boxes(boxes, image_sizes):
     return tf.concat([x0, y0, x1, y1], axis=-1)
 
 
+@tf.autograph.experimental.do_not_convert
 def nonempty_mask(boxes, threshold: float = 0.0):
     # (..., 4) -> (...) bool: both sides strictly longer than threshold
     boxes = tf.convert_to_tensor(boxes)
@@ -162,6 +173,7 @@ def _offset_by_group(boxes, idxs, valid=None):
     return tf.where(valid[..., None], shifted + offsets, tf.zeros_like(shifted))
 
 
+@tf.autograph.experimental.do_not_convert
 def batched_nms(boxes, scores, idxs, iou_threshold: float, max_output_size=None):
     """Greedy NMS done independently per value of ``idxs`` (detectron2's batched_nms).
 
@@ -177,6 +189,7 @@ def batched_nms(boxes, scores, idxs, iou_threshold: float, max_output_size=None)
     return tf.image.non_max_suppression(shifted, scores, max_output_size, iou_threshold)
 
 
+@tf.autograph.experimental.do_not_convert
 def batched_nms_padded(boxes, scores, iou_threshold: float, max_output_size: int,
                        idxs=None, valid=None) -> Tuple[tf.Tensor, tf.Tensor]:
     """NMS on every row of a (B, N) batch at once, fixed-size output (XLA-friendly).

@@ -106,7 +106,8 @@ def mask_rcnn_loss(mask_logits, classes, targets, weights):
     weights: (R,) 1 for foreground ROIs, 0 for padding. Mean BCE over foreground x M x M.
     """
     logits = select_class_channel(mask_logits, classes)  # (R, M, M)
-    bce = tf.nn.sigmoid_cross_entropy_with_logits(labels=targets, logits=tf.cast(logits, tf.float32))
+    bce = tf.nn.sigmoid_cross_entropy_with_logits(labels=tf.cast(targets, tf.float32),
+                                                  logits=tf.cast(logits, tf.float32))
     weights = tf.cast(weights, tf.float32)
     total = tf.reduce_sum(tf.reduce_sum(bce, axis=[1, 2]) * weights)
     count = tf.reduce_sum(weights) * tf.cast(tf.shape(bce)[1] * tf.shape(bce)[2], tf.float32)

@@ -7,6 +7,8 @@ columns, higher = better (IoU). Each prediction gets the index of its best groun
 label from the threshold intervals: with thresholds [t1, ..., tk] and labels [l0, ..., lk],
 quality q gets li when t_i <= q < t_{i+1} (t0 = -inf, t_{k+1} = +inf). Labels are -1 (ignore),
 0 (negative) or 1 (positive). Padded ground-truth rows (``gt_valid`` False) never match.
+
+Entry points are ``do_not_convert`` (no Python decisions on tensor values; see box_ops).
 """
 from __future__ import annotations
 
@@ -38,9 +40,10 @@ class Matcher:
         self.labels = [int(l) for l in labels]
         self.allow_low_quality_matches = allow_low_quality_matches
 
+    @tf.autograph.experimental.do_not_convert
     def __call__(self, match_quality_matrix, gt_valid: Optional[tf.Tensor] = None
                  ) -> Tuple[tf.Tensor, tf.Tensor]:
-        """(..., G, N) quality, optional (..., G) bool -> matches (..., N), labels (..., N) int32."""
+        """(..., G, N) quality, optional (..., G) bool -> matches, labels: (..., N) int32."""
         q = tf.cast(match_quality_matrix, tf.float32)
         if gt_valid is None:
             gt_valid = tf.ones(tf.shape(q)[:-1], tf.bool)
@@ -70,6 +73,7 @@ class Matcher:
         return matches, match_labels
 
 
+@tf.autograph.experimental.do_not_convert
 def subsample_labels(labels, num_samples: int, positive_fraction: float, bg_label: int,
                      seed: Optional[int] = None) -> Tuple[tf.Tensor, tf.Tensor]:
     """detectron2's balanced sampling of every row of labels (..., N) int32.

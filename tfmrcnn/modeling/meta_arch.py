@@ -12,7 +12,9 @@ Mixed precision: with SOLVER.AMP.ENABLED the training forward runs backbone, FPN
 TRAINER.AMP_DTYPE (layers cast their float32 weights to the input's dtype; norms compute their
 statistics in float32); the RPN and ROI heads cast their outputs to float32, so anchors, box
 decoding, proposals, sampling and losses stay float32. TEST.BF16_INFERENCE does the same for
-inference in bfloat16. Variables are always float32.
+inference in bfloat16. Variables are always float32. The ROI heads get float32 feature maps for
+now (`_roi_features`): the RoiAlign kernels are float32-only, so the box and mask heads run in
+float32 under mixed precision.
 """
 from __future__ import annotations
 
@@ -91,6 +93,10 @@ class GeneralizedRCNN(tf.Module):
         """Normalized image -> FPN pyramid {p2..p6: (B, Hp / s, Wp / s, C)} in `dtype`."""
         return self.backbone(self.normalize(images, image_sizes, dtype), training=training)
 
+    def _roi_features(self, features) -> List[tf.Tensor]:
+        # ROIAlign has float32 kernels only (torchvision's autocast also pools in float32)
+        return [tf.cast(features[f], tf.float32) for f in self.roi_in_features]
+
     def compute_losses(self, batch: Dict[str, tf.Tensor], training: bool = True) -> Dict[str, tf.Tensor]:
         """Training batch (NOTES.md format) -> {loss name: float32 scalar}.
 
@@ -108,7 +114,7 @@ class GeneralizedRCNN(tf.Module):
             [features[f] for f in self.rpn_in_features], image_sizes, training=True,
             gt_boxes=gt_boxes, gt_classes=gt_classes, crowd_boxes=crowd_boxes)
         roi_losses = self.roi_heads.losses(
-            [features[f] for f in self.roi_in_features], proposals, proposal_valid, image_sizes,
+            self._roi_features(features), proposals, proposal_valid, image_sizes,
             gt_boxes, gt_classes, gt_masks, crowd_boxes, training=training)
         losses = {**rpn_losses, **roi_losses}
         return {k: tf.cast(v, tf.float32) for k, v in losses.items()}
@@ -121,12 +127,14 @@ class GeneralizedRCNN(tf.Module):
         features = self.features(images, image_sizes, False, self.test_dtype)
         proposals, _, proposal_valid, _ = self.proposal_generator(
             [features[f] for f in self.rpn_in_features], image_sizes, training=False)
-        return self.roi_heads.inference([features[f] for f in self.roi_in_features], proposals,
-                                        proposal_valid, image_sizes)
+        return self.roi_heads.inference(self._roi_features(features), proposals, proposal_valid,
+                                        image_sizes)
 
     def make_inference_fn(self, jit_compile: bool = False):
         """`inference` as a tf.function traced once for every batch and image size."""
-        return tf.function(self.inference, jit_compile=jit_compile, input_signature=[
+        # autograph=False: the model has no Python control flow on tensors, and converting
+        # every function costs most of the tracing time
+        return tf.function(self.inference, jit_compile=jit_compile, autograph=False, input_signature=[
             tf.TensorSpec([None, None, None, 3], tf.float32, name="images"),
             tf.TensorSpec([None, 2], tf.int32, name="image_sizes")])
 

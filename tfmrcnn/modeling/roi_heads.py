@@ -182,6 +182,29 @@ class ROISampler:
             foreground=fg)
 
 
+def classification_metrics(logits, samples: ROISamples) -> Dict[str, tf.Tensor]:
+    """detectron2's training statistics (_log_classification_stats + sample counts).
+
+    Accuracies are over the sampled ROIs of all images; fg ones are 0 without foreground.
+    Sample counts are per-image means.
+    """
+    valid = tf.cast(samples.valid, tf.float32)  # (B, S)
+    fg = tf.cast(samples.foreground, tf.float32)
+    k = tf.shape(logits)[-1] - 1
+    pred = tf.argmax(logits, axis=-1, output_type=tf.int32)  # (B, S)
+    correct = tf.cast(tf.equal(pred, samples.classes), tf.float32)
+    num_fg = tf.reduce_sum(fg)
+    return {
+        "fast_rcnn/cls_accuracy": tf.math.divide_no_nan(tf.reduce_sum(correct * valid),
+                                                        tf.reduce_sum(valid)),
+        "fast_rcnn/fg_cls_accuracy": tf.math.divide_no_nan(tf.reduce_sum(correct * fg), num_fg),
+        "fast_rcnn/false_negative": tf.math.divide_no_nan(
+            tf.reduce_sum(tf.cast(tf.equal(pred, k), tf.float32) * fg), num_fg),
+        "roi_head/num_fg_samples": tf.reduce_mean(tf.reduce_sum(fg, axis=1)),
+        "roi_head/num_bg_samples": tf.reduce_mean(tf.reduce_sum(valid - fg, axis=1)),
+    }
+
+
 class FastRCNNOutputLayers(tf.Module):
     """detectron2's FastRCNNOutputLayers: cls_score / bbox_pred, their losses and inference."""
 
@@ -245,9 +268,8 @@ class FastRCNNOutputLayers(tf.Module):
         num_reg = 1 if self.agnostic else self.num_classes
         flat = self.box2box.apply_deltas(tf.reshape(tf.cast(deltas, tf.float32), [-1, 4 * num_reg]),
                                          tf.reshape(tf.cast(proposals, tf.float32), [-1, 4]))
-        boxes = tf.reshape(flat, tf.stack([b, p * num_reg, 4]))
-        boxes = box_ops.clip_boxes(boxes, image_sizes)  # (B, P*K', 4)
-        return tf.reshape(boxes, tf.stack([b, p, num_reg, 4]))
+        boxes = tf.reshape(flat, tf.stack([b, p, num_reg, 4]))
+        return box_ops.clip_boxes(boxes, image_sizes)  # (B, P, K', 4)
 
     def inference(self, logits, deltas, proposals, proposal_valid, image_sizes):
         """detectron2's fast_rcnn_inference, padded to D = DETECTIONS_PER_IMAGE per image.
@@ -342,8 +364,10 @@ class StandardROIHeads(tf.Module):
     # the heads' code costs several seconds of tracing for nothing.
     @tf.autograph.experimental.do_not_convert
     def losses(self, features_list, proposals, proposal_valid, image_sizes, gt_boxes,
-               gt_classes, gt_masks=None, crowd_boxes=None, training: bool = True):
-        """Training losses: dict(loss_cls, loss_box_reg[, loss_mask]).
+               gt_classes, gt_masks=None, crowd_boxes=None, training: bool = True,
+               return_metrics: bool = False):
+        """Training losses: dict(loss_cls, loss_box_reg[, loss_mask]); with return_metrics,
+        (losses, classification_metrics) for logging.
 
         proposals (B, P, 4) with proposal_valid (B, P); image_sizes (B, 2) (unused: proposals
         and GT are already inside the image); gt_boxes (B, G, 4), gt_classes (B, G) with -1
@@ -357,6 +381,8 @@ class StandardROIHeads(tf.Module):
         out = self.box_predictor.losses(logits, deltas, samples)
         if self.mask_on:
             out["loss_mask"] = self._mask_loss(features_list, samples, gt_masks, training)
+        if return_metrics:
+            return out, classification_metrics(tf.stop_gradient(logits), samples)
         return out
 
     def _mask_loss(self, features_list, samples: ROISamples, gt_masks, training: bool):

@@ -10,6 +10,8 @@ Conventions owned here
   anchors divided by (images * BATCH_SIZE_PER_IMAGE), whatever the number actually sampled.
 - Proposals are a fixed P = POST_NMS_TOPK rows per image sorted by decreasing objectness logit,
   with `proposal_valid` marking real rows; padded rows are zero. They carry no gradient.
+
+Entry points are ``do_not_convert`` (no Python decisions on tensor values; see box_ops).
 """
 from __future__ import annotations
 
@@ -42,8 +44,9 @@ class RPNHead(NamedModule):
         self.anchor_deltas = Conv2D(f"{prefix}.anchor_deltas", in_channels,
                                     num_anchors * box_dim, 1, init=init)
 
+    @tf.autograph.experimental.do_not_convert
     def __call__(self, features: Sequence[tf.Tensor]) -> Tuple[List[tf.Tensor], List[tf.Tensor]]:
-        """features: per level (B, Hl, Wl, C) -> objectness [(B, Hl*Wl*A)], deltas [(B, Hl*Wl*A, 4)]."""
+        """Per level (B, Hl, Wl, C) -> objectness [(B, Hl*Wl*A)], deltas [(B, Hl*Wl*A, 4)]."""
         objectness, deltas = [], []
         for x in features:
             t = self.conv(x)
@@ -88,17 +91,22 @@ class RPN(tf.Module):
         self.batch_size_per_image = int(rcfg.BATCH_SIZE_PER_IMAGE)
         self.positive_fraction = float(rcfg.POSITIVE_FRACTION)
         self.smooth_l1_beta = float(rcfg.SMOOTH_L1_BETA)
+        weight = float(rcfg.LOSS_WEIGHT)
         self.loss_weight = {
-            "loss_rpn_cls": float(rcfg.LOSS_WEIGHT),
-            "loss_rpn_loc": float(getattr(rcfg, "BBOX_REG_LOSS_WEIGHT", 1.0)) * float(rcfg.LOSS_WEIGHT),
+            "loss_rpn_cls": weight,
+            "loss_rpn_loc": float(getattr(rcfg, "BBOX_REG_LOSS_WEIGHT", 1.0)) * weight,
         }
-        self.pre_nms_topk = {True: int(rcfg.PRE_NMS_TOPK_TRAIN), False: int(rcfg.PRE_NMS_TOPK_TEST)}
-        self.post_nms_topk = {True: int(rcfg.POST_NMS_TOPK_TRAIN), False: int(rcfg.POST_NMS_TOPK_TEST)}
+        # keyed by `training`
+        self.pre_nms_topk = {True: int(rcfg.PRE_NMS_TOPK_TRAIN),
+                             False: int(rcfg.PRE_NMS_TOPK_TEST)}
+        self.post_nms_topk = {True: int(rcfg.POST_NMS_TOPK_TRAIN),
+                              False: int(rcfg.POST_NMS_TOPK_TEST)}
         self.nms_thresh = float(rcfg.NMS_THRESH)
         self.min_box_size = float(cfg.MODEL.PROPOSAL_GENERATOR.MIN_SIZE)
         self.seed = seed
 
     # ------------------------------------------------------------------ forward
+    @tf.autograph.experimental.do_not_convert
     def __call__(self, features: Sequence[tf.Tensor], image_sizes, training: bool,
                  gt_boxes=None, gt_classes=None, crowd_boxes=None):
         """features: per level (B, Hl, Wl, C), finest first; image_sizes (B, 2) int32 (h, w).
@@ -106,6 +114,7 @@ class RPN(tf.Module):
         Returns proposals (B, P, 4) float32, proposal_scores (B, P) logits, proposal_valid
         (B, P) bool and losses ({} unless training).
         """
+        training = bool(training)  # a Python flag: it picks the graph, not a tensor value
         objectness, deltas = self.rpn_head(features)
         anchors = self.anchor_generator([(tf.shape(f)[1], tf.shape(f)[2]) for f in features])
         losses: Dict[str, tf.Tensor] = {}
@@ -122,6 +131,7 @@ class RPN(tf.Module):
         return proposals, scores, valid, losses
 
     # ------------------------------------------------------------------ targets
+    @tf.autograph.experimental.do_not_convert
     def label_anchors(self, anchors, image_sizes, gt_boxes, gt_valid, crowd_boxes=None):
         """Match every anchor (NA, 4) to the gt (B, G, 4) of its image, before sampling.
 
@@ -148,6 +158,7 @@ class RPN(tf.Module):
         a = anchors[None]  # (1, NA, 4)
         return ((a[..., 0] >= -t) & (a[..., 1] >= -t) & (a[..., 2] < w + t) & (a[..., 3] < h + t))
 
+    @tf.autograph.experimental.do_not_convert
     def label_and_sample_anchors(self, anchors, image_sizes, gt_boxes, gt_classes=None,
                                  crowd_boxes=None):
         """Labels (B, NA) int32 after balanced sampling (unsampled = -1) and the matched gt box
@@ -167,6 +178,7 @@ class RPN(tf.Module):
         return tf.stop_gradient(labels), tf.stop_gradient(matched)
 
     # ------------------------------------------------------------------ losses
+    @tf.autograph.experimental.do_not_convert
     def losses(self, anchors, gt_labels, matched_gt_boxes, pred_objectness, pred_deltas):
         """anchors (NA, 4), gt_labels (B, NA), matched_gt_boxes (B, NA, 4), predictions (B, NA)
         and (B, NA, 4) -> {"loss_rpn_cls", "loss_rpn_loc"}, scalars."""
@@ -186,6 +198,7 @@ class RPN(tf.Module):
                 "loss_rpn_loc": loc / normalizer * self.loss_weight["loss_rpn_loc"]}
 
     # ------------------------------------------------------------------ proposals
+    @tf.autograph.experimental.do_not_convert
     def find_top_proposals(self, anchors, objectness, deltas, image_sizes, training: bool):
         """detectron2's find_top_rpn_proposals, batched over images and levels.
 

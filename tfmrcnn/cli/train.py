@@ -1,0 +1,231 @@
+"""tfmrcnn-train: train Mask R-CNN with Horovod (one process per GPU), then evaluate.
+
+    tfmrcnn-train --config-file configs/mask_rcnn_R_50_FPN_1x.yaml [--resume|--no-resume]
+                  [--eval-only] [KEY=VALUE ...]
+
+Runs as a single process without a launcher, or under ``horovodrun -np N ...`` /
+``mpirun -np N ...`` (scripts/train_8gpu.sh). By default a run resumes from the newest readable
+checkpoint in OUTPUT_DIR when there is one (``--no-resume`` starts over from MODEL.WEIGHTS).
+At the end (and every TEST.EVAL_PERIOD) it evaluates on DATASETS.TEST, prints the AP table and
+writes pictures of a few validation predictions to OUTPUT_DIR/vis/*.png.
+
+OUTPUT_DIR receives: config.yaml (the resolved config, for tfmrcnn-eval), log.txt,
+model_*.npz + *.train_state.npz + last_checkpoint, TensorBoard events, inference/<dataset>/.
+"""
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import sys
+from typing import List, Optional
+
+__all__ = ["build_parser", "main"]
+
+logger = logging.getLogger("tfmrcnn.cli.train")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="tfmrcnn-train", description=__doc__.split("\n\n")[0],
+        formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--config-file", "--config", required=True, metavar="FILE",
+                   help="YAML config (detectron2 keys; _BASE_ supported)")
+    group = p.add_mutually_exclusive_group()
+    group.add_argument("--resume", dest="resume", action="store_true", default=True,
+                       help="continue from the newest checkpoint in OUTPUT_DIR if any (default)")
+    group.add_argument("--no-resume", dest="resume", action="store_false",
+                       help="ignore checkpoints in OUTPUT_DIR; start from MODEL.WEIGHTS")
+    p.add_argument("--eval-only", action="store_true",
+                   help="only evaluate (newest checkpoint of OUTPUT_DIR, else MODEL.WEIGHTS)")
+    p.add_argument("--num-vis", type=int, default=8,
+                   help="validation images drawn into OUTPUT_DIR/vis at the end (0: none)")
+    p.add_argument("opts", nargs=argparse.REMAINDER, metavar="KEY=VALUE",
+                   help="config overrides, e.g. SOLVER.BASE_LR=0.01 OUTPUT_DIR=out")
+    return p
+
+
+# ---------------------------------------------------------------------------- building blocks
+def train_dataset_dicts(cfg):
+    from tfmrcnn.data.catalog import DatasetCatalog
+
+    dicts = []
+    for name in cfg.DATASETS.TRAIN:
+        dicts.extend(DatasetCatalog.get(name))
+    return dicts
+
+
+def make_eval_fn(cfg, model, rank):
+    """(iteration) -> {dataset: metrics} on rank 0; runs on every rank (collective)."""
+    from tfmrcnn.evaluation.coco_evaluation import COCOEvaluator
+    from tfmrcnn.evaluation.inference import inference_on_dataset
+
+    tasks = ("bbox", "segm") if cfg.MODEL.MASK_ON else ("bbox",)
+
+    def eval_fn(iteration):
+        results = {}
+        for name in cfg.DATASETS.TEST:
+            out = os.path.join(cfg.OUTPUT_DIR, "inference", name)
+            evaluator = COCOEvaluator(name, out, tasks=tasks, verbose=(rank == 0))
+            metrics = inference_on_dataset(model, name, cfg, evaluator, progress=False)
+            if rank == 0:
+                logger.info("Evaluation on %s at iteration %d: %s", name, iteration,
+                            {t: round(metrics[t].get("AP", float("nan")), 3)
+                             for t in tasks if t in metrics})
+                results[name] = metrics
+        if len(results) == 1:
+            return next(iter(results.values()))
+        return {f"{name}/{task}": v for name, m in results.items() for task, v in m.items()}
+
+    return eval_fn
+
+
+def make_train_vis_fn(cfg, model, num_images=2):
+    """(batch numpy dict, iteration) -> RGB pictures of predictions on training images."""
+    import numpy as np
+
+    from tfmrcnn.modeling.postprocess import unbatch_outputs
+    from tfmrcnn.utils.visualize import draw_instances
+
+    infer = model.make_inference_fn()
+    names = _class_names(cfg.DATASETS.TRAIN[0])
+
+    def vis_fn(batch, iteration):
+        images = batch["images"][:num_images]
+        sizes = batch["image_sizes"][:num_images].astype(np.int32)
+        outputs = {k: v.numpy() for k, v in infer(images, sizes).items()}
+        pictures = []
+        for i, out in enumerate(unbatch_outputs(outputs)):
+            h, w = sizes[i]
+            canvas = images[i, :h, :w].astype(np.uint8)
+            drawn = draw_instances(canvas, out["boxes"], out["classes"], out["scores"],
+                                   class_names=names, score_threshold=0.5)
+            pictures.append(drawn[:, :, ::-1])
+        hmax = max(p.shape[0] for p in pictures)
+        wmax = max(p.shape[1] for p in pictures)
+        return np.stack([np.pad(p, ((0, hmax - p.shape[0]), (0, wmax - p.shape[1]), (0, 0)))
+                         for p in pictures])
+
+    return vis_fn
+
+
+def _class_names(dataset_name):
+    from tfmrcnn.data.catalog import MetadataCatalog
+
+    try:
+        return list(MetadataCatalog.get(dataset_name).get("thing_classes", None) or [])
+    except Exception:  # noqa: BLE001 - names only decorate pictures
+        return None
+
+
+def write_val_pictures(cfg, model, num_images: int) -> List[str]:
+    """OUTPUT_DIR/vis/<image>.png for the first validation images (rank 0 only)."""
+    import cv2
+
+    from tfmrcnn.evaluation.inference import get_dataset_dicts, read_image_bgr
+    from tfmrcnn.evaluation.resize import prepare_eval_images
+    from tfmrcnn.modeling.postprocess import detector_postprocess
+    from tfmrcnn.utils.visualize import draw_instances
+
+    if num_images <= 0 or not cfg.DATASETS.TEST:
+        return []
+    name = cfg.DATASETS.TEST[0]
+    infer = model.make_inference_fn()
+    names = _class_names(name)
+    out_dir = os.path.join(cfg.OUTPUT_DIR, "vis")
+    os.makedirs(out_dir, exist_ok=True)
+    written = []
+    for record in get_dataset_dicts(name)[:num_images]:
+        image = read_image_bgr(record["file_name"])
+        batch, sizes = prepare_eval_images([image], cfg.INPUT.MIN_SIZE_TEST, cfg.INPUT.MAX_SIZE_TEST,
+                                           cfg.INPUT.SIZE_DIVISIBILITY)
+        outputs = {k: v.numpy() for k, v in infer(batch, sizes).items()}
+        result = detector_postprocess(outputs, sizes[0], image.shape[:2])
+        drawn = draw_instances(image, result["boxes"], result["classes"], result["scores"],
+                               masks=result.get("masks"), class_names=names, score_threshold=0.5)
+        path = os.path.join(out_dir, os.path.splitext(os.path.basename(record["file_name"]))[0] + ".png")
+        cv2.imwrite(path, drawn)
+        written.append(path)
+    logger.info("Wrote %d prediction pictures to %s", len(written), out_dir)
+    return written
+
+
+def print_ap_table(metrics) -> None:
+    """AP, AP50, AP75, APs, APm, APl per task (the evaluator also logs per-category tables)."""
+    keys = ("AP", "AP50", "AP75", "APs", "APm", "APl")
+    lines = ["| task | " + " | ".join(keys) + " |", "|" + "---|" * (len(keys) + 1)]
+    for task, values in metrics.items():
+        if isinstance(values, dict) and "AP" in values:
+            lines.append(f"| {task} | " + " | ".join(f"{values.get(k, float('nan')):.3f}"
+                                                    for k in keys) + " |")
+    print("\n".join(lines), flush=True)
+
+
+# ---------------------------------------------------------------------------- main
+def main(argv: Optional[List[str]] = None) -> int:
+    args = build_parser().parse_args(argv)
+    opts = [o for o in args.opts if o != "--"]
+    from tfmrcnn.config import ConfigError, load_config
+
+    try:
+        cfg = load_config(args.config_file, opts)
+    except ConfigError as e:
+        print(f"tfmrcnn-train: error: {e}", file=sys.stderr)
+        return 2
+
+    from tfmrcnn.engine.hvd_utils import Watchdog, init_horovod, pin_devices
+
+    hvd = init_horovod()
+    device = pin_devices(hvd.local_rank(), cfg.TRAINER.NUM_THREADS)
+    rank, size = hvd.rank(), hvd.size()
+
+    from tfmrcnn.engine.logger import setup_logger
+    from tfmrcnn.engine.solver import auto_scale_workers
+
+    cfg = auto_scale_workers(cfg, size)
+    setup_logger(cfg.OUTPUT_DIR, rank)
+    logger.info("rank %d/%d (local rank %d) on %s", rank, size, hvd.local_rank(), device)
+    if rank == 0:
+        from tfmrcnn.checkpoint.weights_io import atomic_write
+
+        logger.info("Config:\n%s", cfg.dump())
+        atomic_write(os.path.join(cfg.OUTPUT_DIR, "config.yaml"), lambda f: f.write(cfg.dump().encode()))
+
+    import tensorflow as tf
+
+    from tfmrcnn.data.pipeline import build_train_dataset
+    from tfmrcnn.engine.trainer import Trainer
+    from tfmrcnn.modeling.meta_arch import GeneralizedRCNN
+
+    if cfg.SEED >= 0:
+        tf.random.set_seed(cfg.SEED)        # initial weights; rank 0's are broadcast anyway
+    model = GeneralizedRCNN(cfg)
+    eval_fn = make_eval_fn(cfg, model, rank) if cfg.DATASETS.TEST else None
+    dicts = train_dataset_dicts(cfg) if not args.eval_only else []
+    vis_fn = make_train_vis_fn(cfg, model) if cfg.TRAINER.VIS_PERIOD > 0 and rank == 0 else None
+
+    def data_fn(start_position, seed):
+        return build_train_dataset(cfg, dicts, rank, size, seed, start_position=start_position)
+
+    trainer = Trainer(cfg, model, hvd, data_fn, eval_fn=eval_fn, vis_fn=vis_fn,
+                      watchdog=Watchdog.from_env(rank))
+    trainer.resume_or_load(resume=args.resume or args.eval_only)
+    if args.eval_only:
+        trainer.broadcast_state()
+    else:
+        try:
+            trainer.train()
+        except FloatingPointError as e:
+            logger.error("%s", e)
+            return 3
+    metrics = trainer.evaluate(int(trainer.iteration.numpy())) if eval_fn else None
+    if rank == 0:
+        if metrics:
+            print_ap_table(metrics)
+        if cfg.DATASETS.TEST and args.num_vis > 0:
+            write_val_pictures(cfg, model, args.num_vis)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
