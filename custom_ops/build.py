@@ -6,7 +6,8 @@ same TensorFlow version and CUDA choice (recorded in build/custom_ops/stamp.json
 line either way.
 
 The CUDA kernel is added when TFMRCNN_CUDA=1, or when nvcc is found and TensorFlow is a CUDA
-build. TFMRCNN_CUDA=0 forces a CPU-only build. The tensorflow-cpu wheel lacks
+build. TFMRCNN_CUDA=0 forces a CPU-only build. TF 2.21's GPU wheel is built with CUDA 12.x: use
+a CUDA 12 nvcc for GPU builds (an nvcc 13 build links libcudart.so.13, a second CUDA runtime). The tensorflow-cpu wheel lacks
 third_party/gpus/cuda/include, which TF's GPU helpers include; a shim directory pointing at the
 CUDA toolkit's include dir is added so that a forced CUDA build still compiles.
 Flags: the TF compile/link flags (C++17, the ABI flag TF reports), -O3, no -march: the .so may
@@ -29,7 +30,9 @@ CC_SOURCES = ["roi_align_op.cc"]
 CU_SOURCES = ["roi_align_op_gpu.cu.cc"]
 HEADERS = ["roi_align_kernel.h", "roi_align_cpu.h", "roi_align_op.h", "roi_align_gpu_kernels.cu.h"]
 WARNINGS = ["-Wno-deprecated-declarations", "-Wno-interference-size"]
-CUDA_ARCHS = ["75", "80", "86", "89", "90"]
+# SASS for these GPUs plus PTX of the last one (JIT-compiled on newer GPUs); override with e.g.
+# TFMRCNN_CUDA_ARCHS="80;90".
+CUDA_ARCHS = os.environ.get("TFMRCNN_CUDA_ARCHS", "75;80;86;89;90").split(";")
 
 
 def _tf_flags():
@@ -91,12 +94,15 @@ def _cuda_shim(tf_include):
     return ["-I" + shim]
 
 
-def build(force=False):
+def build(force=False, out=None):
+    """Build the library (to `out` instead of the package, without the up-to-date check and
+    the stamp, when given: used to compile-check a CUDA build without replacing the op)."""
     tf_version, cflags, lflags, tf_has_cuda = _tf_flags()
     cuda = _want_cuda(tf_has_cuda)
     stamp = {"tf_version": tf_version, "cuda": cuda}
-    rel = os.path.relpath(TARGET, ROOT)
-    if not force and _up_to_date(stamp):
+    target = os.path.abspath(out) if out else TARGET
+    rel = os.path.relpath(target, ROOT)
+    if not out and not force and _up_to_date(stamp):
         print("custom ops: %s up to date (TF %s%s)" % (rel, tf_version, ", CUDA" if cuda else ""))
         return
     os.makedirs(WORK_DIR, exist_ok=True)
@@ -109,33 +115,38 @@ def build(force=False):
         gencode = []
         for a in CUDA_ARCHS:
             gencode += ["-gencode", "arch=compute_%s,code=sm_%s" % (a, a)]
+        gencode += ["-gencode", "arch=compute_{0},code=compute_{0}".format(CUDA_ARCHS[-1])]
         for src in CU_SOURCES:
             obj = os.path.join(WORK_DIR, src.replace(".cu.cc", ".cu.o"))
             _run([nvcc, "-std=c++17", "-O3", "-c", src, "-o", obj, "-x", "cu",
                   "-DGOOGLE_CUDA=1", "-DNDEBUG", "--expt-relaxed-constexpr",
-                  "-Xcompiler", "-fPIC", "-Xcudafe", "--diag_suppress=esa_on_defaulted_function_ignored"]
+                  "-Xcompiler", "-fPIC"]
                  + gencode + [f for f in cflags if f != "--std=c++17"] + _cuda_shim(tf_include)
                  + ["-Xcompiler", ",".join(WARNINGS)], src)
             objects.append(obj)
         cuda_lib = os.path.join(os.path.dirname(os.path.dirname(os.path.realpath(nvcc))), "lib64")
         extra_link = ["-L" + cuda_lib, "-lcudart"]
         defines = ["-DGOOGLE_CUDA=1"]
-    fd, tmp = tempfile.mkstemp(suffix=".so", dir=os.path.dirname(TARGET))
+    fd, tmp = tempfile.mkstemp(suffix=".so", dir=os.path.dirname(target))
     os.close(fd)
     try:
         _run(["g++", "-std=c++17", "-shared", "-fPIC", "-O3", "-DNDEBUG"] + WARNINGS + defines
              + CC_SOURCES + objects + ["-o", tmp] + cflags + lflags + extra_link, "the CPU op")
-        os.replace(tmp, TARGET)  # atomic: a process loading the op never sees half a file
+        os.replace(tmp, target)  # atomic: a process loading the op never sees half a file
     finally:
         if os.path.exists(tmp):
             os.remove(tmp)
-    with open(STAMP, "w") as f:
-        json.dump(stamp, f)
+    if not out:
+        with open(STAMP, "w") as f:
+            json.dump(stamp, f)
     print("custom ops: built %s (TF %s%s)" % (rel, tf_version, ", CUDA" if cuda else ", CPU only"))
 
 
 if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--force", action="store_true", help="rebuild even if up to date")
+    parser.add_argument("--out", help="build this file instead of %s (no stamp)"
+                        % os.path.relpath(TARGET, ROOT))
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-    build(parser.parse_args().force)
+    args = parser.parse_args()
+    build(args.force, args.out)

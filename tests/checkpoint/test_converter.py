@@ -207,6 +207,24 @@ def test_msra_caffe2_backbone(tmp_path, wrapped):
                                   blobs["res2_0_branch1_w"].transpose(2, 3, 1, 0))
 
 
+def test_torchvision_backbone_converted_by_detectron2_tools(tmp_path):
+    # tools/convert-torchvision-to-d2.py: stem./resN. names, BN with statistics, stem.fc classifier
+    cfg = tiny_cfg(**{"MODEL.RESNETS.DEPTH": 101})
+    state = fake_d2_state(cfg, backbone_only=True)
+    short = {k[len("backbone.bottom_up."):]: v for k, v in state.items()}
+    short["stem.fc.weight"], short["stem.fc.bias"] = np.zeros((10, 64)), np.zeros(10)
+    short["res2.0.conv1.norm.num_batches_tracked"] = np.array(0)
+    path = tmp_path / "r101.pkl"
+    path.write_bytes(pickle.dumps({"model": short, "__author__": "torchvision",
+                                   "matching_heuristics": True}))
+    result = convert_checkpoint(str(path), str(tmp_path / "out"), **QUIET)
+    arrays, meta = read_weights(result.weights_path)
+    assert meta["backbone_only"] is True and set(arrays) == set(state)
+    assert result.cfg.MODEL.RESNETS.DEPTH == 101
+    np.testing.assert_array_equal(arrays["backbone.bottom_up.res4.22.conv3.norm.running_var"],
+                                  state["backbone.bottom_up.res4.22.conv3.norm.running_var"])
+
+
 def test_unknown_caffe2_blob_is_an_error(tmp_path):
     path = tmp_path / "c2.pkl"
     path.write_bytes(pickle.dumps({"conv1_w": np.zeros((64, 3, 7, 7)),

@@ -17,13 +17,15 @@ from tfmrcnn.cli.predict import list_images, main, picture_names  # noqa: E402
 
 @pytest.fixture(scope="module")
 def predicted(tmp_path_factory):
-    """Run the CLI once: (model dir, input images {name: BGR}, output dir, return code)."""
+    """Run the CLI once: (model dir, input images {name: BGR}, output dir, return code).
+
+    Batches of 2: [a.png, b.png] then [c.png] (corrupt, so an empty batch)."""
     root = tmp_path_factory.mktemp("predict")
     model_dir, out = str(root / "model"), str(root / "out")
     toy.make_model_dir(model_dir)
     images = toy.write_images(str(root / "images"))
     rc = main(["--model", model_dir, "--input", str(root / "images"), "--output", out,
-               "--score-threshold", "0", "--eager"])
+               "--score-threshold", "0", "--eager", "--batch-size", "2"])
     return model_dir, images, out, rc
 
 
@@ -60,9 +62,11 @@ def test_predictions_json_matches_the_model(predicted):
     cfg, model = load_model(model_dir, ["MODEL.ROI_HEADS.SCORE_THRESH_TEST=0.0"])
     predictor = Predictor(cfg, model, compile=False)
     to_dataset = MetadataCatalog.get("shapes_train").thing_contiguous_id_to_dataset_id
-    for image_id, (name, image) in enumerate(sorted(images.items())):
+    names = sorted(images)
+    # the same batch as the CLI's first one: both images padded together
+    for image_id, expected in enumerate(predictor([images[n] for n in names])):
+        name, image = names[image_id], images[names[image_id]]
         rows = [r for r in results if r["file_name"] == name]
-        expected = predictor([image])[0]
         assert len(rows) == len(expected["boxes"]) > 0
         assert all(r["image_id"] == image_id for r in rows)
         assert [r["category_id"] for r in rows] == [to_dataset[int(c)] for c in expected["classes"]]

@@ -54,3 +54,11 @@ def test_category_ids_from_metadata():
     assert label_to_category_id(_cfg(3)) == [to_dataset[k] for k in range(3)]
     # a metadata map of another size is not used
     assert label_to_category_id(_cfg(4)) == [1, 2, 3, 4]
+
+
+def test_export_cli_reports_missing_model(tmp_path, capfd):
+    from tfmrcnn.cli.export import main
+
+    assert main(["--model", str(tmp_path), "--output", str(tmp_path / "saved")]) == 1
+    err = capfd.readouterr().err
+    assert "config.yaml" in err and "model_final.npz" in err

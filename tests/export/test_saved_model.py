@@ -63,6 +63,10 @@ def test_postprocess_matches_numpy_path():
     np.testing.assert_array_equal(got["classes"].numpy(), want["classes"])
     assert got["masks"].dtype == tf.uint8
     np.testing.assert_array_equal(got["masks"].numpy().astype(bool), want["masks"])
+    # a Faster R-CNN (MASK_ON False) has no masks output
+    no_masks = {k: tf.constant(v) for k, v in outputs.items() if k != "masks"}
+    got = postprocess_tf(no_masks, tf.constant(resized), tf.constant(original))
+    assert "masks" not in got and int(got["num_detections"]) == d - 2
 
 
 @pytest.mark.slow  # traces and saves the whole model twice (~1 min on 2 CPU cores)

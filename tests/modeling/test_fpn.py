@@ -27,7 +27,8 @@ def d2_backbone_fpn_counts(depth, fpn_channels=256, freeze_at=2):
         for i in range(n):
             if i == 0:
                 convs.append((cin * cout, cout, stage))  # shortcut
-            convs += [(cin * mid, mid, stage), (9 * mid * mid, mid, stage), (mid * cout, cout, stage)]
+            convs += [(cin * mid, mid, stage), (9 * mid * mid, mid, stage),
+                      (mid * cout, cout, stage)]
             cin = cout
         cout, mid = cout * 2, mid * 2
     weights = sum(c[0] for c in convs)
@@ -42,9 +43,11 @@ def d2_backbone_fpn_counts(depth, fpn_channels=256, freeze_at=2):
 
 def d2_mask_rcnn_head_counts(num_classes=80, ch=256, num_anchors=3):
     """(weights, tensors) of detectron2's RPN + box head (2 fc 1024) + mask head."""
-    rpn = (9 * ch * ch + ch) + (ch * num_anchors + num_anchors) + (ch * 4 * num_anchors + 4 * num_anchors)
-    box = (ch * 49 * 1024 + 1024) + (1024 * 1024 + 1024) + (1024 * (num_classes + 1) + num_classes + 1) \
-        + (1024 * 4 * num_classes + 4 * num_classes)
+    a = num_anchors
+    rpn = (9 * ch * ch + ch) + (ch * a + a) + (ch * 4 * a + 4 * a)
+    k = num_classes
+    box = (ch * 49 * 1024 + 1024) + (1024 * 1024 + 1024) + (1024 * (k + 1) + k + 1) \
+        + (1024 * 4 * k + 4 * k)
     mask = 4 * (9 * ch * ch + ch) + (4 * ch * ch + ch) + (ch * num_classes + num_classes)
     return rpn + box + mask, 6 + 8 + 12
 
@@ -82,9 +85,11 @@ def test_fpn_names_shapes_strides():
 
 
 def test_fpn_norm_replaces_bias():
-    m = FPN(ResNet(18, res2_out_channels=64, freeze_at=0), IN_FEATURES, out_channels=32, norm="GN")
+    m = FPN(ResNet(18, res2_out_channels=64, freeze_at=0), IN_FEATURES, out_channels=32,
+            norm="GN")
     names = set(named_variables(m))
-    assert "backbone.fpn_lateral3.norm.weight" in names and "backbone.fpn_lateral3.bias" not in names
+    assert "backbone.fpn_lateral3.norm.weight" in names
+    assert "backbone.fpn_lateral3.bias" not in names
     assert isinstance(m.output_convs[0].norm, GroupNorm)
 
 
@@ -104,7 +109,8 @@ class _StubBottomUp(tf.Module):
 @pytest.mark.parametrize("fuse_type", ["sum", "avg"])
 def test_top_down_against_numpy(fuse_type):
     c = 4
-    shapes = {"res2": (1, 8, 24, 3), "res3": (1, 4, 12, 5), "res4": (1, 2, 6, 6), "res5": (1, 1, 3, 7)}
+    shapes = {"res2": (1, 8, 24, 3), "res3": (1, 4, 12, 5), "res4": (1, 2, 6, 6),
+              "res5": (1, 1, 3, 7)}
     feats = {k: RNG.normal(size=s).astype(np.float32) for k, s in shapes.items()}
     m = FPN(_StubBottomUp(feats), IN_FEATURES, out_channels=c, fuse_type=fuse_type)
     lat_w, lat_b, out_b = {}, {}, {}

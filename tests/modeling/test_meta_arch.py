@@ -64,7 +64,8 @@ def _rect_batch(seed=0):
                 masks[b, g, y0:y1, x0:x1] = 1
                 images[b, y0:y1, x0:x1] = 50.0 * (classes[b, g] + 1)
     return {"images": tf.constant(images), "image_sizes": tf.constant(sizes),
-            "gt_boxes": tf.constant(np.array(rects, np.float32)), "gt_classes": tf.constant(classes),
+            "gt_boxes": tf.constant(np.array(rects, np.float32)),
+            "gt_classes": tf.constant(classes),
             "gt_masks": tf.constant(masks), "crowd_boxes": tf.zeros([2, 1, 4])}
 
 

@@ -65,8 +65,9 @@ def test_batch_norm_training_and_moving_statistics():
     # PyTorch momentum 0.1, unbiased variance in the running estimate
     np.testing.assert_allclose(n.running_mean, 0.9 * p["running_mean"] + 0.1 * mean, rtol=1e-5,
                                atol=1e-5)
-    np.testing.assert_allclose(n.running_var, 0.9 * p["running_var"] + 0.1 * var * count / (count - 1),
-                               rtol=1e-5, atol=1e-5)
+    unbiased = var * count / (count - 1)
+    np.testing.assert_allclose(n.running_var, 0.9 * p["running_var"] + 0.1 * unbiased, rtol=1e-5,
+                               atol=1e-5)
     # inference uses the moving statistics and leaves them alone
     rm, rv = n.running_mean.numpy(), n.running_var.numpy()
     y = n(tf.constant(x), training=False)

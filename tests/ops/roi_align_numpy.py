@@ -106,3 +106,32 @@ def roi_align_grad_np(grad, boxes, box_indices, features_shape, output_size, spa
         m = roi_matrix(box, h, w, output_size, spatial_scale, sampling_ratio, aligned)
         out[b] += m.T @ grad[r].reshape(oh * ow, c).astype(np.float64)
     return out.reshape(n, h, w, c)
+
+
+def boxes_of_every_kind(rng, img_h, img_w, per_kind=3):
+    """(R, 4) xyxy image-pixel boxes: ordinary, tiny, huge, crossing each border, outside."""
+    def ordinary(k):
+        x0 = rng.uniform(0, img_w * 0.7, k)
+        y0 = rng.uniform(0, img_h * 0.7, k)
+        return np.stack([x0, y0, x0 + rng.uniform(4, img_w * 0.5, k),
+                         y0 + rng.uniform(4, img_h * 0.5, k)], 1)
+
+    kinds = [ordinary(per_kind)]
+    tiny = ordinary(per_kind)
+    tiny[:, 2:] = tiny[:, :2] + rng.uniform(0.01, 2.0, (per_kind, 2))  # below a feature pixel
+    kinds.append(tiny)
+    kinds.append(np.array([[-img_w, -img_h, 2 * img_w, 2 * img_h],       # huge: covers all
+                           [-10.0, 5.0, 1.5 * img_w, img_h - 5.0]]))
+    for side in range(4):  # crossing left, top, right, bottom
+        b = ordinary(per_kind)
+        size = img_w if side % 2 == 0 else img_h
+        if side < 2:
+            b[:, side] = -rng.uniform(1, 40, per_kind)
+        else:
+            b[:, side] = size + rng.uniform(1, 40, per_kind)
+        kinds.append(b)
+    kinds.append(np.array([[img_w + 20, 0, img_w + 60, 30],               # fully outside
+                           [-50.0, -50.0, -20.0, -10.0],
+                           [10.0, img_h - 0.5, 30.0, img_h + 0.5]]))      # on the bottom edge
+    kinds.append(np.array([[30.0, 30.0, 20.0, 25.0]]))                     # inverted (x1 < x0)
+    return np.concatenate(kinds).astype(np.float32)

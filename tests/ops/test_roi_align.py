@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from tests.ops.roi_align_numpy import roi_align_grad_np, roi_align_np
+from tests.ops.roi_align_numpy import boxes_of_every_kind, roi_align_grad_np, roi_align_np
 from tfmrcnn.ops import roi_align, roi_align_grad
 
 # The package re-exports the function under the module's name, so fetch the module explicitly.
@@ -16,39 +16,10 @@ FIXTURES = pathlib.Path(__file__).resolve().parents[1] / "fixtures" / "d2"
 TOL = 1e-4
 
 
-def _boxes_of_every_kind(rng, img_h, img_w, per_kind=3):
-    """(R, 4) xyxy image-pixel boxes: ordinary, tiny, huge, crossing each border, outside."""
-    def ordinary(k):
-        x0 = rng.uniform(0, img_w * 0.7, k)
-        y0 = rng.uniform(0, img_h * 0.7, k)
-        return np.stack([x0, y0, x0 + rng.uniform(4, img_w * 0.5, k),
-                         y0 + rng.uniform(4, img_h * 0.5, k)], 1)
-
-    kinds = [ordinary(per_kind)]
-    tiny = ordinary(per_kind)
-    tiny[:, 2:] = tiny[:, :2] + rng.uniform(0.01, 2.0, (per_kind, 2))  # below a feature pixel
-    kinds.append(tiny)
-    kinds.append(np.array([[-img_w, -img_h, 2 * img_w, 2 * img_h],       # huge: covers all
-                           [-10.0, 5.0, 1.5 * img_w, img_h - 5.0]]))
-    for side in range(4):  # crossing left, top, right, bottom
-        b = ordinary(per_kind)
-        size = img_w if side % 2 == 0 else img_h
-        if side < 2:
-            b[:, side] = -rng.uniform(1, 40, per_kind)
-        else:
-            b[:, side] = size + rng.uniform(1, 40, per_kind)
-        kinds.append(b)
-    kinds.append(np.array([[img_w + 20, 0, img_w + 60, 30],               # fully outside
-                           [-50.0, -50.0, -20.0, -10.0],
-                           [10.0, img_h - 0.5, 30.0, img_h + 0.5]]))      # on the bottom edge
-    kinds.append(np.array([[30.0, 30.0, 20.0, 25.0]]))                     # inverted (x1 < x0)
-    return np.concatenate(kinds).astype(np.float32)
-
-
 MAPS = [  # (N, H, W, C, spatial_scale)
     (1, 13, 17, 3, 1 / 8),
     (3, 10, 12, 5, 1 / 4),
-    (2, 9, 8, 40, 1 / 4),  # C > 16: the backward splits channels across threads
+    (2, 9, 8, 53, 1 / 4),  # C = 32 + 16 + 5: every vector path of the CPU kernel
 ]
 
 
@@ -59,7 +30,7 @@ def test_forward_and_backward_match_numpy(aligned, sampling_ratio, output_size):
     rng = np.random.default_rng(hash((aligned, sampling_ratio, output_size)) % 2**32)
     for n, h, w, c, scale in MAPS:
         features = rng.standard_normal((n, h, w, c)).astype(np.float32)
-        boxes = _boxes_of_every_kind(rng, h / scale, w / scale)
+        boxes = boxes_of_every_kind(rng, h / scale, w / scale)
         indices = rng.integers(0, n, len(boxes)).astype(np.int32)
         args = (output_size, scale, sampling_ratio, aligned)
         out = roi_align(features, boxes, indices, *args).numpy()
@@ -172,3 +143,21 @@ def test_missing_library_says_how_to_build(monkeypatch, tmp_path):
     monkeypatch.setattr(roi_align_module, "_LIB_PATH", str(tmp_path / "_tfmrcnn_ops.so"))
     with pytest.raises(ImportError, match="custom_ops/build.py"):
         roi_align_module.load_library()
+
+
+@pytest.mark.parametrize("shape,box,output_size", [
+    ((1, 500, 12, 4), [0.0, 0.0, 12.0, 500.0], (7, 7)),    # ~73 feature rows per bin
+    ((1, 30, 12, 4), [3.2, 10.1, 4.0, 10.9], (80, 80)),    # one pixel used by ~80 bins
+])
+def test_bins_with_many_terms(shape, box, output_size):
+    """More taps per bin / bins per pixel than the CPU kernel sums in one pass (64)."""
+    rng = np.random.default_rng(5)
+    features = rng.standard_normal(shape).astype(np.float32)
+    boxes = np.array([box], np.float32)
+    out = roi_align(features, boxes, [0], output_size, 1.0).numpy()
+    np.testing.assert_allclose(out, roi_align_np(features, boxes, [0], output_size, 1.0),
+                               atol=TOL)
+    upstream = rng.standard_normal(out.shape).astype(np.float32)
+    grad = roi_align_grad(upstream, boxes, [0], shape, output_size, 1.0).numpy()
+    np.testing.assert_allclose(
+        grad, roi_align_grad_np(upstream, boxes, [0], shape, output_size, 1.0), atol=TOL)

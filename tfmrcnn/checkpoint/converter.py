@@ -26,7 +26,7 @@ import numpy as np
 
 from .c2_names import FROZEN_BN_EPS, convert_c2_names, looks_like_c2
 from .d2_config import cfg_from_d2_config
-from .d2_names import TensorSpec, expected_d2_tensors
+from .d2_names import BOTTOM_UP, TensorSpec, expected_d2_tensors
 from .infer_config import infer_cfg_from_shapes
 from .layouts import to_d2, to_tf
 from .safe_pickle import UnsafePickleError, safe_load
@@ -47,6 +47,10 @@ _KNOWN_EXTRAS = re.compile(
     r"|.*\.num_batches_tracked)$")
 
 
+_BACKBONE_SHORT = re.compile(r"^(stem|res[2-5])\.")
+_TORCHVISION_FC = re.compile(r"^stem\.fc\.(weight|bias)$")
+
+
 class ConversionError(ValueError):
     """The checkpoint cannot be converted exactly; the message lists every offending tensor."""
 
@@ -60,12 +64,9 @@ class Checkpoint:
     author: str = ""
     matching_heuristics: bool = False
     extras: Dict[str, np.ndarray] = field(default_factory=dict)  # tolerated non-weights
-    dropped: List[str] = field(default_factory=list)  # C2 blobs that are not detector weights
+    dropped: List[str] = field(default_factory=list)  # ImageNet classifier, optimizer state
     folded_bn: int = 0  # C2 norms given identity statistics (see c2_names)
-
-    @property
-    def backbone_only(self) -> bool:
-        return self.fmt == "caffe2"
+    backbone_only: bool = False  # an ImageNet initialisation: bottom-up ResNet only
 
 
 @dataclass
@@ -139,9 +140,28 @@ def read_checkpoint(path: str) -> Checkpoint:
         if unknown:
             raise ConversionError(f"{path}: Caffe2 blobs that are not ResNet backbone weights "
                                   f"({len(unknown)}): " + ", ".join(unknown))
-        return Checkpoint(renamed, fmt, path, author or "Caffe2", dropped=dropped, folded_bn=folded)
+        return Checkpoint(renamed, fmt, path, author or "Caffe2", dropped=dropped,
+                          folded_bn=folded, backbone_only=True)
     weights, extras = _split_extras(state, path)
-    return Checkpoint(weights, fmt, path, author, heuristics, extras)
+    dropped = []
+    if heuristics:
+        weights, dropped = _prefix_backbone_names(weights)
+    backbone_only = bool(weights) and all(k.startswith(BOTTOM_UP + ".") for k in weights)
+    return Checkpoint(weights, fmt, path, author, heuristics, extras, dropped,
+                      backbone_only=backbone_only)
+
+
+def _prefix_backbone_names(state: Dict[str, np.ndarray]):
+    """Backbone files that detectron2 loads with `matching_heuristics` (its torchvision and C2
+    conversion tools) name tensors ``stem.*`` / ``res2.*``: give them the full
+    ``backbone.bottom_up.`` prefix, drop torchvision's ImageNet classifier (``stem.fc.*``)."""
+    out, dropped = {}, []
+    for name, value in state.items():
+        if _TORCHVISION_FC.match(name):
+            dropped.append(name)
+        else:
+            out[f"{BOTTOM_UP}.{name}" if _BACKBONE_SHORT.match(name) else name] = value
+    return out, dropped
 
 
 # ------------------------------------------------------------------------------- mapping
@@ -260,8 +280,9 @@ def convert_checkpoint(model_path: str, output_dir: str, d2_config: Optional[str
     notes: List[str] = [f"{model_path}: {ckpt.fmt} checkpoint"
                         + (f" by {ckpt.author}" if ckpt.author else "")]
     if ckpt.dropped:
-        notes.append(f"dropped {len(ckpt.dropped)} Caffe2 blobs that are not detector weights "
-                     f"(optimizer momentum, ImageNet classifier)")
+        notes.append(f"dropped {len(ckpt.dropped)} tensors that are not detector weights "
+                     f"(optimizer momentum, ImageNet classifier): " + ", ".join(ckpt.dropped[:5])
+                     + (", ..." if len(ckpt.dropped) > 5 else ""))
     if ckpt.folded_bn:
         notes.append(f"BN folded in the Caffe2 file: {ckpt.folded_bn} norms get running_mean=0, "
                      f"running_var=1-{FROZEN_BN_EPS} (FrozenBN scale stays exactly bn_s)")

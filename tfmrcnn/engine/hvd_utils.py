@@ -21,8 +21,6 @@ import sys
 import threading
 import time
 
-import tensorflow as tf
-
 __all__ = ["init_horovod", "launcher_world_size", "check_world_size", "pin_devices",
            "Watchdog", "LAUNCHER_SIZE_VARIABLES"]
 
@@ -78,6 +76,8 @@ def pin_devices(local_rank: int, num_threads: int = 0) -> str:
 
     Must run before TensorFlow creates its devices. Returns a description for the log.
     """
+    import tensorflow as tf
+
     gpus = tf.config.list_physical_devices("GPU")
     if gpus:
         gpu = gpus[local_rank % len(gpus)]

@@ -91,28 +91,48 @@ def format_log_line(iteration: int, max_iter: int, history: MetricHistory, lr: f
 
 
 class TensorBoardWriter:
-    """tf.summary scalars and images under ``log_dir`` (rank 0 only; a no-op elsewhere)."""
+    """TensorBoard scalars and images under ``log_dir`` (rank 0 only; a no-op elsewhere).
+
+    Written with the core ``tf.summary.write`` plus the plugin metadata TensorBoard's scalar and
+    image dashboards read ("scalars": float32 scalar; "images": [width, height, png...] strings),
+    so event files are produced even where the ``tensorboard`` package is not installed
+    (``tf.summary.scalar`` needs it).
+    """
 
     def __init__(self, log_dir: Optional[str], enabled: bool = True):
         self.writer = None
         if enabled and log_dir:
             import tensorflow as tf
+            from tensorflow.core.framework import summary_pb2
+
             self._tf = tf
+            self._meta = {name: summary_pb2.SummaryMetadata(
+                plugin_data=summary_pb2.SummaryMetadata.PluginData(plugin_name=name)
+            ).SerializeToString() for name in ("scalars", "images")}
             self.writer = tf.summary.create_file_writer(log_dir)
 
     def scalars(self, step: int, values: Dict[str, float]) -> None:
         if self.writer is None:
             return
+        tf = self._tf
         with self.writer.as_default():
             for k, v in values.items():
-                self._tf.summary.scalar(k, float(v), step=step)
+                tf.summary.write(k, tf.constant(float(v), tf.float32), step=step,
+                                 metadata=self._meta["scalars"])
 
     def images(self, step: int, name: str, images_rgb_uint8: np.ndarray) -> None:
         """(N, H, W, 3) uint8 RGB."""
         if self.writer is None:
             return
+        import cv2
+
+        tf = self._tf
+        h, w = images_rgb_uint8.shape[1:3]
+        pngs = [cv2.imencode(".png", np.ascontiguousarray(im[:, :, ::-1]))[1].tobytes()
+                for im in images_rgb_uint8]
         with self.writer.as_default():
-            self._tf.summary.image(name, images_rgb_uint8, step=step, max_outputs=len(images_rgb_uint8))
+            tf.summary.write(name, tf.constant([str(w).encode(), str(h).encode()] + pngs),
+                             step=step, metadata=self._meta["images"])
 
     def flush(self) -> None:
         if self.writer is not None:

@@ -25,12 +25,12 @@ import os
 import time
 
 import numpy as np
-import pycocotools.mask as mask_util
 from pycocotools.coco import COCO
 from pycocotools.cocoeval import COCOeval
 
 from tfmrcnn.data.coco import category_maps
 from tfmrcnn.evaluation.distributed import barrier, read_json, world, write_json_atomic
+from tfmrcnn.evaluation.rle import encode_masks
 
 __all__ = [
     "encode_masks", "instances_to_coco_json", "load_coco_gt", "contiguous_to_dataset_id",
@@ -47,27 +47,13 @@ SHARD_DIR = ".eval_shards"
 
 
 # ------------------------------------------------------------------------------ conversion
-def encode_masks(masks):
-    """(D, H, W) bool masks -> D compressed RLE dicts with str counts."""
-    masks = np.asarray(masks)
-    if len(masks) == 0:
-        return []
-    # pycocotools reads an (H, W, D) Fortran array: each mask column-major, masks one after
-    # another. paste_masks_in_image already returns that layout, so this is usually no copy.
-    stack = np.asfortranarray(masks.transpose(1, 2, 0))
-    stack = stack.view(np.uint8) if stack.dtype == bool else stack.astype(np.uint8, order="F")
-    rles = mask_util.encode(stack)
-    for rle in rles:
-        rle["counts"] = rle["counts"].decode("ascii")
-    return rles
-
-
 def instances_to_coco_json(instances, image_id, label_to_category_id):
     """One image's post-processed detections -> list of COCO result dicts.
 
     Args:
         instances: dict with boxes (D, 4) xyxy original pixels, scores (D,), classes (D,)
-            contiguous labels, optional masks (D, H, W) bool.
+            contiguous labels, optional masks (D, H, W) bool and mask_windows (D, 4) (from
+            `detector_postprocess`: only those pixels are read when encoding).
         image_id: the dataset's image id.
         label_to_category_id: sequence or dict, contiguous label -> dataset category id.
     """
@@ -78,7 +64,9 @@ def instances_to_coco_json(instances, image_id, label_to_category_id):
     xywh[:, 2:] -= boxes[:, :2]                                        # (D, 4) xywh
     scores = np.asarray(instances["scores"], np.float32).tolist()
     classes = np.asarray(instances["classes"]).astype(np.int64).tolist()
-    rles = encode_masks(instances["masks"]) if instances.get("masks") is not None else None
+    rles = None
+    if instances.get("masks") is not None:
+        rles = encode_masks(instances["masks"], instances.get("mask_windows"))
     results = []
     for k, box in enumerate(xywh.tolist()):
         result = {"image_id": image_id, "category_id": int(label_to_category_id[classes[k]]),
@@ -169,9 +157,17 @@ def derive_coco_results(coco_eval, class_names=None):
 
 def _format_table(metrics):
     names = [k for k in METRIC_NAMES if k in metrics]
-    head = "| " + " | ".join(f"{n:>6}" for n in names) + " |"
-    row = "| " + " | ".join(f"{metrics[n]:6.3f}" for n in names) + " |"
-    return "\n".join([head, "|" + "|".join(["-" * 8] * len(names)) + "|", row])
+    head = "| " + " | ".join(f"{n:>7}" for n in names) + " |"
+    row = "| " + " | ".join(f"{metrics[n]:7.3f}" for n in names) + " |"
+    return "\n".join([head, "|" + "|".join(["-" * 9] * len(names)) + "|", row])
+
+
+def _format_per_category(metrics, columns=3):
+    pairs = [(k[3:], v) for k, v in metrics.items() if k.startswith("AP-")]
+    lines = []
+    for i in range(0, len(pairs), columns):
+        lines.append(" | ".join(f"{name:<14} {ap:6.3f}" for name, ap in pairs[i:i + columns]))
+    return "\n".join(lines)
 
 
 def evaluate_coco_results(coco_gt, results, iou_types=("bbox", "segm"), img_ids=None,
@@ -190,6 +186,9 @@ def evaluate_coco_results(coco_gt, results, iou_types=("bbox", "segm"), img_ids=
         all_metrics[iou_type] = derive_coco_results(coco_eval, class_names)
         if verbose:
             print(f"{iou_type} AP:\n{_format_table(all_metrics[iou_type])}")
+            if class_names:
+                print(f"Per-category {iou_type} AP:\n"
+                      f"{_format_per_category(all_metrics[iou_type])}")
     if output_dir:
         write_json_atomic(os.path.join(output_dir, METRICS_FILE), all_metrics, indent=2)
     return all_metrics

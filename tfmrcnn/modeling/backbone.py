@@ -134,7 +134,8 @@ class ResNet(tf.Module):
     Strides: res2 4, res3 8, res4 16, res5 32 (16 with res5_dilation 2).
     """
 
-    def __init__(self, depth: int = 50, out_features: Sequence[str] = ("res2", "res3", "res4", "res5"),
+    def __init__(self, depth: int = 50,
+                 out_features: Sequence[str] = ("res2", "res3", "res4", "res5"),
                  norm: str = "FrozenBN", freeze_at: int = 2, num_groups: int = 1,
                  width_per_group: int = 64, stride_in_1x1: bool = True,
                  res2_out_channels: int = 256, stem_out_channels: int = 64,

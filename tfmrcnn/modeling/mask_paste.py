@@ -24,7 +24,7 @@ from __future__ import annotations
 import numpy as np
 import tensorflow as tf
 
-__all__ = ["paste_masks_in_image", "paste_masks_in_image_tf", "axis_taps"]
+__all__ = ["paste_masks_in_image", "paste_masks_in_image_tf", "paste_windows", "axis_taps"]
 
 
 def axis_taps(start, end, first_pixel, num_pixels, mask_size):
@@ -56,9 +56,14 @@ def axis_taps(start, end, first_pixel, num_pixels, mask_size):
             w_low.astype(np.float32), w_high.astype(np.float32))
 
 
-def _pixel_windows(boxes, image_h, image_w):
-    """(R, 4) int x0, y0, x1, y1: detectron2's window floor(x0) - 1 .. ceil(x1) + 1, clipped;
-    pixels beyond it only sample zero padding."""
+def paste_windows(boxes, image_shape):
+    """(R, 4) int x0, y0, x1, y1: the pixels a pasted mask may cover (detectron2's window
+    floor(x0) - 1 .. ceil(x1) + 1, clipped to the image); pixels beyond it are always False.
+
+    An empty window (x1 <= x0 or y1 <= y0) means the box is outside the image.
+    """
+    boxes = np.asarray(boxes, np.float32).reshape(-1, 4)
+    image_h, image_w = int(image_shape[0]), int(image_shape[1])
     lo = np.maximum(np.floor(boxes[:, :2]).astype(np.int64) - 1, 0)
     hi = np.minimum(np.ceil(boxes[:, 2:]).astype(np.int64) + 1, [image_w, image_h])
     return np.concatenate([lo, hi], axis=1)
@@ -86,7 +91,7 @@ def paste_masks_in_image(masks, boxes, image_shape, threshold=0.5):
     out_t = np.zeros((len(masks), image_w, image_h), bool)
     if len(masks) == 0:
         return out_t.transpose(0, 2, 1)
-    windows = _pixel_windows(boxes, image_h, image_w)                    # (R, 4) x0 y0 x1 y1
+    windows = paste_windows(boxes, (image_h, image_w))                   # (R, 4) x0 y0 x1 y1
     sizes = np.maximum(windows[:, 2:] - windows[:, :2], 0)               # (R, 2) w, h
     xlo, xhi, wxlo, wxhi = axis_taps(boxes[:, 0], boxes[:, 2], windows[:, 0],
                                      int(sizes[:, 0].max()), mask_size)  # each (R, Wmax)

@@ -81,7 +81,8 @@ def subsample_labels(labels, num_samples: int, positive_fraction: float, bg_labe
     Positives are labels not in {-1, bg_label}; negatives are labels == bg_label. Per row,
     ``num_pos = min(#pos, int(num_samples * positive_fraction))`` and
     ``num_neg = min(#neg, num_samples - num_pos)``, each chosen uniformly at random (the
-    top-k of random keys). A given ``seed`` makes it deterministic (stateless RNG).
+    top-k of random keys). A given ``seed`` makes it deterministic (stateless RNG): every call
+    then draws the same keys, which suits tests, not training (leave it None there).
     Returns (pos_mask, neg_mask), bool, same shape as labels, disjoint.
     """
     labels = tf.convert_to_tensor(labels)

@@ -97,7 +97,8 @@ class GeneralizedRCNN(tf.Module):
         # ROIAlign has float32 kernels only (torchvision's autocast also pools in float32)
         return [tf.cast(features[f], tf.float32) for f in self.roi_in_features]
 
-    def compute_losses(self, batch: Dict[str, tf.Tensor], training: bool = True) -> Dict[str, tf.Tensor]:
+    def compute_losses(self, batch: Dict[str, tf.Tensor],
+                       training: bool = True) -> Dict[str, tf.Tensor]:
         """Training batch (NOTES.md format) -> {loss name: float32 scalar}.
 
         `training` selects batch statistics in BN/SyncBN layers; the RPN and ROI heads always
@@ -134,9 +135,10 @@ class GeneralizedRCNN(tf.Module):
         """`inference` as a tf.function traced once for every batch and image size."""
         # autograph=False: the model has no Python control flow on tensors, and converting
         # every function costs most of the tracing time
-        return tf.function(self.inference, jit_compile=jit_compile, autograph=False, input_signature=[
-            tf.TensorSpec([None, None, None, 3], tf.float32, name="images"),
-            tf.TensorSpec([None, 2], tf.int32, name="image_sizes")])
+        signature = [tf.TensorSpec([None, None, None, 3], tf.float32, name="images"),
+                     tf.TensorSpec([None, 2], tf.int32, name="image_sizes")]
+        return tf.function(self.inference, input_signature=signature, autograph=False,
+                           jit_compile=jit_compile)
 
     # ------------------------------------------------------------------ variables
     def named_variables(self) -> Dict[str, tf.Variable]:

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from tfmrcnn.modeling.mask_paste import paste_masks_in_image
+from tfmrcnn.modeling.mask_paste import paste_masks_in_image, paste_windows
 
 __all__ = ["unbatch_outputs", "detector_postprocess"]
 
@@ -56,7 +56,8 @@ def detector_postprocess(outputs, resized_hw, original_hw, mask_threshold=0.5):
         mask_threshold: pasted masks are ``probability >= mask_threshold``.
     Returns:
         dict: boxes (D', 4) float32 xyxy in original pixels, scores (D',) float32,
-        classes (D',) int32, masks (D', H, W) bool (only when masks were given).
+        classes (D',) int32, masks (D', H, W) bool and mask_windows (D', 4) int x0, y0, x1, y1
+        outside of which each mask is False (both only when masks were given).
     """
     if _to_numpy(outputs["boxes"]).ndim == 3:
         (outputs,) = unbatch_outputs(outputs)
@@ -79,4 +80,6 @@ def detector_postprocess(outputs, resized_hw, original_hw, mask_threshold=0.5):
         masks = _to_numpy(outputs["masks"]).astype(np.float32)[keep]     # (D', M, M)
         result["masks"] = paste_masks_in_image(masks, result["boxes"], (out_h, out_w),
                                                threshold=mask_threshold)
+        # where each mask can be non-zero: lets the RLE encoder skip the rest of the image
+        result["mask_windows"] = paste_windows(result["boxes"], (out_h, out_w))
     return result

@@ -68,7 +68,10 @@ def smooth_l1(x, beta: float):
 
 
 class RPN(tf.Module):
-    """detectron2's RPN on a list of feature maps, batched over images with padding."""
+    """detectron2's RPN on a list of feature maps, batched over images with padding.
+
+    ``seed`` fixes the anchor sampling (see `subsample_labels`): for tests only.
+    """
 
     def __init__(self, cfg, in_channels: int, strides: Sequence[int], seed: Optional[int] = None):
         super().__init__(name=None)

@@ -1,0 +1,353 @@
+"""Benchmark section: the whole Mask R-CNN, speed and memory on the CPU.
+
+Every measurement group runs in its own child process (``python scripts/bench/model.py --worker
+GROUP``): TensorFlow's thread counts can only be set before its runtime starts, and a fresh
+process gives a clean peak resident set. Threads: 2 intra-op, 1 inter-op (``--threads`` of the
+worker). Random weights, random-noise images (BGR 0..255), fixed seeds.
+
+Rows (seconds = median wall time after warm-up; cpu_s = median CPU time of the whole process,
+all threads, the steadier number on a shared machine):
+  infer  R50-FPN, 80 classes, one 800x1333 image (padded 800x1344):
+         backbone+fpn / rpn (head + proposals) / roi_heads (box head, box NMS, mask head) /
+         paste (detector_postprocess: rescale + paste 100 masks, NumPy) / end-to-end
+         (`make_inference_fn` + paste). MODEL.ROI_HEADS.SCORE_THRESH_TEST = 0.0: random weights
+         give class probabilities near 1/81, below the default 0.05, so the default would give
+         no detection; 0.0 gives the full 100 detections (and 80 x 1000 NMS candidates).
+         With --bf16 (or the bf16 group) the same with TEST.BF16_INFERENCE.
+  train  one training step (forward, backward, SGD update) at batch 1, 800x1333, R50-FPN
+         defaults (FREEZE_AT 2, 512 ROIs/image), 10 GT instances; and the shapes demo config
+         (configs/shapes_demo_cpu.yaml, R18-half, BN) at batch 1 and 2 at its image size
+         192x256 with 4 instances.
+  memory peak RSS (getrusage) of each group's process, and the RSS growth between iteration 10
+         and 60 of the demo training step and of the demo inference.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import resource
+import statistics
+import subprocess
+import sys
+import time
+
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+DEMO_CONFIG = os.path.join(ROOT, "configs", "shapes_demo_cpu.yaml")
+ROW_MARKER = "BENCH_ROW "
+
+# (resized h, w, gt instances) of the two problem sizes; quick = smoke-test sizes
+FULL_HW, QUICK_HW = (800, 1333), (320, 512)
+DEMO_HW = (192, 256)
+
+
+# ---------------------------------------------------------------------- helpers (also used by
+# scripts/bench/scaling.py and scripts/profile_model.py)
+def setup_threads(intra: int = 2, inter: int = 1):
+    """Thread counts; must run before TensorFlow executes anything."""
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    import tensorflow as tf
+    tf.config.threading.set_intra_op_parallelism_threads(intra)
+    tf.config.threading.set_inter_op_parallelism_threads(inter)
+    tf.get_logger().setLevel("ERROR")
+    return tf
+
+
+def make_cfg(config_file=None, overrides=()):
+    from tfmrcnn.config import get_cfg
+    cfg = get_cfg()
+    if config_file:
+        cfg.merge_from_file(config_file)
+    cfg.merge_from_list(list(overrides))
+    return cfg
+
+
+def padded(hw, div=32):
+    return tuple(-(-int(s) // div) * div for s in hw)
+
+
+def synthetic_batch(batch: int, hw, num_gt: int, num_classes: int, seed: int = 0,
+                    masks: bool = True):
+    """A training batch in NOTES.md's format (NumPy): noise images, rectangular instances."""
+    import numpy as np
+    rng = np.random.default_rng(seed)
+    h, w = hw
+    hp, wp = padded(hw)
+    images = np.zeros((batch, hp, wp, 3), np.float32)
+    images[:, :h, :w] = rng.uniform(0, 255, (batch, h, w, 3))
+    side = rng.uniform(0.1, 0.5, (batch, num_gt, 2)) * [w, h]  # (B, G, 2) w, h
+    x0 = rng.uniform(0, 1, (batch, num_gt)) * (w - side[..., 0])
+    y0 = rng.uniform(0, 1, (batch, num_gt)) * (h - side[..., 1])
+    boxes = np.stack([x0, y0, x0 + side[..., 0], y0 + side[..., 1]], -1).astype(np.float32)
+    out = {"images": images,
+           "image_sizes": np.tile(np.array([[h, w]], np.int32), (batch, 1)),
+           "gt_boxes": boxes,
+           "gt_classes": rng.integers(0, num_classes, (batch, num_gt)).astype(np.int32),
+           "crowd_boxes": np.zeros((batch, 0, 4), np.float32)}
+    if masks:
+        m = np.zeros((batch, num_gt, hp, wp), np.uint8)
+        for b in range(batch):
+            for g, (bx0, by0, bx1, by1) in enumerate(boxes[b].astype(int)):
+                m[b, g, by0:by1, bx0:bx1] = 1
+        out["gt_masks"] = m
+    return out
+
+
+def batch_signature(batch):
+    """TensorSpecs of a batch with every dimension but the last of boxes/images unknown."""
+    import tensorflow as tf
+    spec = {}
+    for k, v in batch.items():
+        shape = [None] * v.ndim
+        if k in ("images",):
+            shape[-1] = 3
+        if k in ("gt_boxes", "crowd_boxes"):
+            shape[-1] = 4
+        if k == "image_sizes":
+            shape[-1] = 2
+        spec[k] = tf.TensorSpec(shape, tf.as_dtype(v.dtype), name=k)
+    return spec
+
+
+def build_model(cfg, seed: int = 0):
+    import tensorflow as tf
+    from tfmrcnn.modeling.meta_arch import GeneralizedRCNN
+    tf.random.set_seed(seed)
+    return GeneralizedRCNN(cfg)
+
+
+def make_train_step(model, cfg, spec, lr: float = 1e-4):
+    """One compiled training step (losses, gradients, SGD) without Horovod: the work of
+    tfmrcnn.engine.trainer.make_train_step on one process."""
+    import tensorflow as tf
+    from tfmrcnn.engine.solver import build_optimizer
+    opt = build_optimizer(cfg, model)
+    variables = opt.variables_
+
+    @tf.function(input_signature=[spec], autograph=False)
+    def step(batch):
+        with tf.GradientTape() as tape:
+            losses = model.compute_losses(batch, training=True)
+            total = tf.add_n(list(losses.values()))
+        grads = tape.gradient(total, variables)
+        grads = [tf.zeros_like(v) if g is None else tf.convert_to_tensor(g)
+                 for g, v in zip(grads, variables)]
+        opt.apply(grads, tf.constant(lr))
+        return total
+
+    return step
+
+
+def inference_stages(model):
+    """The inference split into three compiled functions with fixed signatures:
+    backbone(images, sizes) -> [p2..p6]; rpn(features, sizes) -> (proposals, valid);
+    heads(features, proposals, valid, sizes) -> detections. Together they are model.inference."""
+    import tensorflow as tf
+    dt = model.test_dtype
+    names = model.backbone.output_names
+    chans = model.backbone.out_channels
+    img = tf.TensorSpec([None, None, None, 3], tf.float32)
+    sizes = tf.TensorSpec([None, 2], tf.int32)
+    feat_specs = [tf.TensorSpec([None, None, None, chans], dt) for _ in names]
+
+    @tf.function(input_signature=[img, sizes], autograph=False)
+    def backbone(images, image_sizes):
+        feats = model.features(images, image_sizes, False, dt)
+        return [feats[n] for n in names]
+
+    @tf.function(input_signature=[feat_specs, sizes], autograph=False)
+    def rpn(features, image_sizes):
+        f = dict(zip(names, features))
+        p, _, v, _ = model.proposal_generator([f[n] for n in model.rpn_in_features],
+                                              image_sizes, training=False)
+        return p, v
+
+    @tf.function(input_signature=[feat_specs, tf.TensorSpec([None, None, 4], tf.float32),
+                                  tf.TensorSpec([None, None], tf.bool), sizes], autograph=False)
+    def heads(features, proposals, valid, image_sizes):
+        f = dict(zip(names, features))
+        return model.roi_heads.inference(model._roi_features(f), proposals, valid, image_sizes)
+
+    return backbone, rpn, heads
+
+
+def block(result):
+    import tensorflow as tf
+    for t in tf.nest.flatten(result):
+        if hasattr(t, "numpy"):
+            t.numpy()
+    return result
+
+
+def time_calls(fn, repeats: int, warmup: int):
+    """Median (wall, cpu) seconds of fn() over `repeats` calls after `warmup` calls."""
+    for _ in range(warmup):
+        block(fn())
+    walls, cpus = [], []
+    for _ in range(repeats):
+        w0, c0 = time.perf_counter(), time.process_time()
+        block(fn())
+        walls.append(time.perf_counter() - w0)
+        cpus.append(time.process_time() - c0)
+    return statistics.median(walls), statistics.median(cpus)
+
+
+def peak_rss_mb() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0  # KiB on Linux
+
+
+def current_rss_mb() -> float:
+    with open("/proc/self/statm") as f:
+        return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2 ** 20
+
+
+def postprocess_all(outputs, hw):
+    from tfmrcnn.modeling.postprocess import detector_postprocess, unbatch_outputs
+    return [detector_postprocess(o, hw, hw) for o in unbatch_outputs(outputs)]
+
+
+# ---------------------------------------------------------------------- worker groups
+def _row(**kw):
+    print(ROW_MARKER + json.dumps(kw), flush=True)
+
+
+def group_infer(opts):
+    import numpy as np
+    import tensorflow as tf
+    hw = QUICK_HW if opts.quick else FULL_HW
+    cfg = make_cfg(overrides=["MODEL.ROI_HEADS.SCORE_THRESH_TEST", "0.0",
+                              "TEST.BF16_INFERENCE", str(bool(opts.bf16))])
+    model = build_model(cfg)
+    batch = synthetic_batch(1, hw, 0, 80, masks=False)
+    images, sizes = tf.constant(batch["images"]), tf.constant(batch["image_sizes"])
+    backbone, rpn, heads = inference_stages(model)
+    t0 = time.perf_counter()
+    feats = block(backbone(images, sizes))
+    props, valid = block(rpn(feats, sizes))
+    outs = block(heads(feats, props, valid, sizes))
+    infer = model.make_inference_fn()
+    block(infer(images, sizes))
+    trace_s = time.perf_counter() - t0
+    ndet = int(outs["num_detections"][0])
+    case = "R50-FPN %dx%d %s" % (hw[0], hw[1], "bf16" if opts.bf16 else "fp32")
+    rep, warm = opts.repeats, opts.warmup
+    stages = [("backbone+fpn", lambda: backbone(images, sizes)),
+              ("rpn", lambda: rpn(feats, sizes)),
+              ("roi_heads", lambda: heads(feats, props, valid, sizes))]
+    for name, fn in stages:
+        wall, cpu = time_calls(fn, rep, warm)
+        _row(group="infer", case=case, stage=name, seconds=wall, cpu_s=cpu)
+    np_outs = {k: v.numpy() for k, v in outs.items()}
+    wall, cpu = time_calls(lambda: postprocess_all(np_outs, hw), rep, warm)
+    _row(group="infer", case=case, stage="paste", seconds=wall, cpu_s=cpu,
+         note="%d dets" % ndet)
+    wall, cpu = time_calls(lambda: postprocess_all(infer(images, sizes), hw), rep, warm)
+    _row(group="infer", case=case, stage="end-to-end", seconds=wall, cpu_s=cpu,
+         note="first trace+run of all fns %.1f s" % trace_s)
+    _row(group="infer", case=case, stage="peak RSS MB", seconds=None, value=peak_rss_mb())
+
+
+def group_train(opts):
+    import tensorflow as tf
+    rep, warm = opts.repeats, opts.warmup
+    if opts.case == "r50":
+        hw = QUICK_HW if opts.quick else FULL_HW
+        cfg = make_cfg()
+        sizes = [(1, hw, 10, "R50-FPN %dx%d" % hw)]
+    else:
+        cfg = make_cfg(DEMO_CONFIG)
+        sizes = [(1, DEMO_HW, 4, "demo %dx%d" % DEMO_HW), (2, DEMO_HW, 4, "demo %dx%d" % DEMO_HW)]
+    model = build_model(cfg)
+    step = None
+    for b, hw, g, case in sizes:
+        batch = synthetic_batch(b, hw, g, cfg.MODEL.ROI_HEADS.NUM_CLASSES, seed=b)
+        if step is None:  # one trace serves every batch size (None dims)
+            step = make_train_step(model, cfg, batch_signature(batch))
+        tensors = {k: tf.constant(v) for k, v in batch.items()}
+        t0 = time.perf_counter()
+        block(step(tensors))
+        first = time.perf_counter() - t0
+        wall, cpu = time_calls(lambda: step(tensors), rep, warm)
+        _row(group="train", case="%s batch %d" % (case, b), stage="train step", seconds=wall,
+             cpu_s=cpu, note="first call (trace) %.1f s" % first)
+    _row(group="train", case=sizes[-1][3], stage="peak RSS MB", seconds=None,
+         value=peak_rss_mb())
+
+
+def group_memory(opts):
+    """RSS growth of the demo training step and of R50 inference over 50 iterations."""
+    import tensorflow as tf
+    iters = 20 if opts.quick else 50
+    cfg = make_cfg(DEMO_CONFIG)
+    model = build_model(cfg)
+    batch = synthetic_batch(2, DEMO_HW, 4, 3)
+    step = make_train_step(model, cfg, batch_signature(batch))
+    tensors = {k: tf.constant(v) for k, v in batch.items()}
+    for _ in range(10):
+        block(step(tensors))
+    start = current_rss_mb()
+    for _ in range(iters):
+        block(step(tensors))
+    _row(group="memory", case="demo train batch 2", stage="RSS growth MB over %d its" % iters,
+         seconds=None, value=current_rss_mb() - start, note="RSS %.0f MB" % current_rss_mb())
+    infer = model.make_inference_fn()
+    images, sizes = tensors["images"], tensors["image_sizes"]
+    for _ in range(10):
+        postprocess_all(infer(images, sizes), DEMO_HW)
+    start = current_rss_mb()
+    for _ in range(iters):
+        postprocess_all(infer(images, sizes), DEMO_HW)
+    _row(group="memory", case="demo inference batch 2", stage="RSS growth MB over %d its" % iters,
+         seconds=None, value=current_rss_mb() - start, note="RSS %.0f MB" % current_rss_mb())
+
+
+GROUPS = {"infer": group_infer, "train": group_train, "memory": group_memory}
+
+
+def worker_main(argv=None):
+    p = argparse.ArgumentParser()
+    p.add_argument("--worker", choices=sorted(GROUPS), required=True)
+    p.add_argument("--case", default="r50", help="train group: r50 or demo")
+    p.add_argument("--bf16", action="store_true")
+    p.add_argument("--quick", action="store_true")
+    p.add_argument("--repeats", type=int, default=3)
+    p.add_argument("--warmup", type=int, default=1)
+    p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--inter-threads", type=int, default=1)
+    opts = p.parse_args(argv)
+    if ROOT not in sys.path:
+        sys.path.insert(0, ROOT)
+    setup_threads(opts.threads, opts.inter_threads)
+    GROUPS[opts.worker](opts)
+
+
+# ---------------------------------------------------------------------- driver side
+def run_worker(extra, timeout=1800):
+    """Run one worker group in a child process; returns its rows."""
+    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2", PYTHONPATH=ROOT)
+    cmd = [sys.executable, os.path.abspath(__file__)] + extra
+    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=timeout)
+    rows = [json.loads(line[len(ROW_MARKER):]) for line in proc.stdout.splitlines()
+            if line.startswith(ROW_MARKER)]
+    if proc.returncode != 0:
+        rows.append({"group": extra[1], "stage": "FAILED", "note": proc.stderr.strip()[-300:]})
+    return rows
+
+
+def run(args):
+    """The driver's entry point (scripts/benchmark.py model [--quick] [--repeats N])."""
+    common = ["--repeats", str(min(args.repeats, 3)), "--warmup", str(min(args.warmup, 1))]
+    if args.quick:
+        common.append("--quick")
+    groups = [["--worker", "infer"], ["--worker", "train", "--case", "r50"],
+              ["--worker", "train", "--case", "demo"], ["--worker", "memory"]]
+    if getattr(args, "bf16", False) or os.environ.get("TFMRCNN_BENCH_BF16"):
+        groups.insert(1, ["--worker", "infer", "--bf16"])
+    rows = []
+    for g in groups:
+        rows += run_worker(g + common)
+    return rows
+
+
+if __name__ == "__main__":
+    worker_main()

@@ -1,0 +1,51 @@
+"""Launcher world-size detection, the mismatch error, and the hang watchdog."""
+import os
+import pathlib
+import subprocess
+import sys
+import time
+
+import pytest
+
+from tfmrcnn.engine.hvd_utils import Watchdog, check_world_size, launcher_world_size
+
+ROOT = pathlib.Path(__file__).resolve().parents[2]
+
+
+def test_launcher_world_size_from_environment():
+    assert launcher_world_size({}) is None
+    assert launcher_world_size({"OMPI_COMM_WORLD_SIZE": "8"}) == 8
+    assert launcher_world_size({"HOROVOD_SIZE": "2", "PMI_SIZE": "4"}) == 2
+    assert launcher_world_size({"PMI_SIZE": "3"}) == 3
+
+
+def test_gloo_only_horovod_under_mpirun_is_stopped_with_a_clear_message():
+    check_world_size(8, {"OMPI_COMM_WORLD_SIZE": "8"})     # consistent: nothing happens
+    check_world_size(1, {})                                 # no launcher
+    with pytest.raises(SystemExit, match="Horovod reports 1 process.*launcher started 2.*MPI"):
+        check_world_size(1, {"OMPI_COMM_WORLD_SIZE": "2"})
+
+
+def test_watchdog_ends_a_hung_process():
+    code = ("import time\n"
+            "from tfmrcnn.engine.hvd_utils import Watchdog\n"
+            "w = Watchdog(0.5, rank=3, poll=0.1).start()\n"
+            "w.beat(41)\n"
+            "time.sleep(30)\n")
+    start = time.monotonic()
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60,
+                         env=dict(os.environ, PYTHONPATH=str(ROOT)))
+    assert out.returncode == 3
+    assert time.monotonic() - start < 25
+    assert "rank 3" in out.stderr and "iteration 41" in out.stderr
+
+
+def test_watchdog_pause_and_beats_keep_it_quiet():
+    w = Watchdog(0.3, poll=0.05).start()
+    with w.pause():
+        time.sleep(0.6)                 # longer than the timeout, but paused
+    for i in range(6):
+        w.beat(i)
+        time.sleep(0.1)
+    w.stop()
+    assert w.iteration == 5

@@ -1,0 +1,48 @@
+"""tfmrcnn-eval command line: argument errors (fast) and a full run on a tiny random model (slow)."""
+import json
+
+import pytest
+
+import coco_toy_set as toy
+from tfmrcnn.cli.eval import main
+
+TINY = ["MODEL.ROI_HEADS.NUM_CLASSES=4", "MODEL.RESNETS.DEPTH=18",
+        "MODEL.RESNETS.RES2_OUT_CHANNELS=64", "MODEL.RESNETS.NORM=FrozenBN",
+        "MODEL.FPN.OUT_CHANNELS=32", "MODEL.ROI_BOX_HEAD.FC_DIM=64",
+        "MODEL.ROI_MASK_HEAD.CONV_DIM=16", "MODEL.RPN.PRE_NMS_TOPK_TEST=100",
+        "MODEL.RPN.POST_NMS_TOPK_TEST=50", "INPUT.MIN_SIZE_TEST=64", "INPUT.MAX_SIZE_TEST=96"]
+
+
+def test_missing_model_files_is_an_error(tmp_path, capsys):
+    assert main(["--model", str(tmp_path), "--dataset", "shapes_val"]) == 1
+    assert "config.yaml not found" in capsys.readouterr().err
+
+
+def test_json_needs_images(tmp_path):
+    (tmp_path / "config.yaml").write_text("MODEL:\n  MASK_ON: True\n")
+    (tmp_path / "model_final.npz").write_bytes(b"")
+    with pytest.raises(SystemExit, match="--json needs --images"):
+        main(["--model", str(tmp_path), "--json", "x.json"])
+
+
+@pytest.mark.slow
+def test_eval_cli_runs_a_model_and_writes_metrics(tmp_path, repo_root):
+    from tfmrcnn.checkpoint.weights_io import save_weights
+    from tfmrcnn.config import load_config
+    from tfmrcnn.modeling.meta_arch import GeneralizedRCNN
+
+    json_path, root = toy.write_coco_set(str(tmp_path / "toy"), with_images=True)
+    cfg = load_config(str(repo_root / "configs" / "Base-RCNN-FPN.yaml"), TINY[:-2])
+    model_dir = tmp_path / "model"
+    model_dir.mkdir()
+    (model_dir / "config.yaml").write_text(cfg.dump())
+    save_weights(str(model_dir / "model_final.npz"), GeneralizedRCNN(cfg))
+    out = tmp_path / "out"
+    rc = main(["--model", str(model_dir), "--json", json_path, "--images", root,
+               "--output", str(out), "--batch-size", "2"] + TINY[-2:])
+    assert rc == 0
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert set(metrics) == {"bbox", "segm"}
+    for task in metrics.values():      # a random model: AP is a number in [0, 100]
+        assert 0.0 <= task["AP"] <= 100.0
+    assert isinstance(json.loads((out / "coco_instances_results.json").read_text()), list)
