@@ -139,6 +139,11 @@ class Checkpointer:
     def load_initial_weights(self, path: str) -> None:
         """MODEL.WEIGHTS: converted weights; shape mismatches (another class count) are skipped
         and reported by name, variables absent from the file keep their initialisation."""
+        if "://" in path or not path.endswith(".npz"):
+            raise WeightsError(
+                f"MODEL.WEIGHTS={path!r}: tfmrcnn reads converted .npz weights files. Convert a "
+                "detectron2/MSRA checkpoint first: `tfmrcnn-convert R-50.pkl --output DIR`, then "
+                "set MODEL.WEIGHTS=DIR/model_final.npz (or MODEL.WEIGHTS='' to start from scratch).")
         report = load_weights(self.model, path, skip_mismatch=True, allow_missing=True)
         logger.info("Initial weights from %s: %s", path, report.summary())
         for key, (got, want) in report.skipped_shape.items():

@@ -1,0 +1,50 @@
+"""tfmrcnn-train end to end (single process) and its argument handling."""
+import os
+import pathlib
+import subprocess
+import sys
+
+import pytest
+
+from tfmrcnn.cli.train import build_parser, main
+
+ROOT = pathlib.Path(__file__).resolve().parents[2]
+
+
+def test_parser_defaults_and_flags():
+    p = build_parser()
+    a = p.parse_args(["--config-file", "c.yaml", "SOLVER.BASE_LR=0.1", "OUTPUT_DIR=x"])
+    assert a.resume and not a.eval_only and a.opts == ["SOLVER.BASE_LR=0.1", "OUTPUT_DIR=x"]
+    a = p.parse_args(["--config-file", "c.yaml", "--no-resume", "--eval-only"])
+    assert not a.resume and a.eval_only
+    with pytest.raises(SystemExit):
+        p.parse_args(["--config-file", "c.yaml", "--resume", "--no-resume"])
+
+
+def test_unknown_config_key_is_reported(capsys):
+    rc = main(["--config-file", str(ROOT / "configs" / "shapes_demo_cpu.yaml"), "SOLVER.BASE_LRR=1"])
+    assert rc == 2
+    assert "SOLVER.BASE_LR" in capsys.readouterr().err
+
+
+@pytest.mark.slow
+def test_train_evaluate_draw_and_resume(tmp_path):
+    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2", PYTHONPATH=str(ROOT),
+               TFMRCNN_SHAPES_DIR=os.environ.get("TFMRCNN_SHAPES_DIR", str(tmp_path / "shapes")))
+    cmd = [sys.executable, "-m", "tfmrcnn.cli.train", "--config-file",
+           str(ROOT / "configs" / "shapes_demo_cpu.yaml"), "--num-vis", "2",
+           f"OUTPUT_DIR={tmp_path / 'out'}", "SOLVER.MAX_ITER=2", "SOLVER.IMS_PER_BATCH=2",
+           "SOLVER.CHECKPOINT_PERIOD=1", "TRAINER.LOG_PERIOD=1", "MODEL.RESNETS.NORM=BN"]
+    first = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=1800)
+    assert first.returncode == 0, first.stdout[-3000:] + first.stderr[-3000:]
+    out = tmp_path / "out"
+    for name in ("config.yaml", "log.txt", "model_0000000.npz", "model_final.npz",
+                 "model_final.train_state.npz", "last_checkpoint"):
+        assert (out / name).exists(), name
+    assert "| bbox |" in first.stdout and "| segm |" in first.stdout       # the AP table
+    assert len(list((out / "vis").glob("*.png"))) == 2
+    assert "iter: 1" in (out / "log.txt").read_text()
+    again = subprocess.run(cmd + ["--num-vis", "0"], capture_output=True, text=True, env=env,
+                           timeout=1800)
+    assert again.returncode == 0, again.stderr[-3000:]
+    assert "Resumed from" in (out / "log.txt").read_text()
