@@ -25,7 +25,8 @@ import cv2
 import numpy as np
 
 from tfmrcnn.evaluation.coco_evaluation import COCOEvaluator
-from tfmrcnn.modeling.mask_paste import paste_masks_in_image, paste_masks_in_image_tf
+from tfmrcnn.evaluation import rle
+from tfmrcnn.modeling.mask_paste import paste_masks_in_image, paste_masks_in_image_tf, paste_windows
 from tfmrcnn.modeling.postprocess import detector_postprocess
 
 
@@ -104,6 +105,11 @@ def _paste_rows(args):
     rows.append({"case": rows[0]["case"], "impl": f"d2-grid-numpy ({sub} masks x{num / sub:g})",
                  "seconds": (time.perf_counter() - start) * num / sub,
                  "mismatch_px": int((grid != ref[:sub]).sum())})
+    windows = paste_windows(boxes, hw)
+    rows.append({"case": f"RLE {num} pasted masks", "impl": "pycocotools encode (full masks)",
+                 "seconds": args.time(lambda: rle.encode_masks(ref))})
+    rows.append({"case": f"RLE {num} pasted masks", "impl": "windowed counts + compress",
+                 "seconds": args.time(lambda: rle.encode_windowed(ref, windows))})
     return rows
 
 

@@ -2,6 +2,7 @@
 import numpy as np
 import pycocotools.mask as mask_util
 
+from tfmrcnn.evaluation import rle as rle_module
 from tfmrcnn.evaluation.rle import encode_masks, window_rle_counts
 from tfmrcnn.modeling.mask_paste import paste_masks_in_image, paste_windows
 
@@ -16,7 +17,7 @@ def _decode_counts(counts):
     return np.concatenate([np.full(c, k % 2, np.uint8) for k, c in enumerate(counts)])
 
 
-def test_windowed_encoding_of_pasted_masks():
+def test_windowed_encoding_of_pasted_masks(monkeypatch):
     rng = np.random.default_rng(0)
     h, w = 37, 29
     xy = rng.uniform(-10, [w, h], (40, 2))
@@ -27,8 +28,9 @@ def test_windowed_encoding_of_pasted_masks():
     masks[1] = 0.0                               # empty mask
     pasted = paste_masks_in_image(masks, boxes, (h, w))
     windows = paste_windows(boxes, (h, w))
-    ours = encode_masks(pasted, windows)
     full = encode_masks(pasted)
+    monkeypatch.setattr(rle_module, "_WINDOWED_MAX_FRACTION", 1.0)   # always take the window path
+    ours = encode_masks(pasted, windows)
     for k in range(len(pasted)):
         assert ours[k] == _reference(pasted[k]) == full[k], k
         counts = window_rle_counts(pasted[k], windows[k])

@@ -109,6 +109,7 @@ class Watchdog:
 
     def start(self):
         if self.timeout > 0 and self._thread is None:
+            self.last = time.monotonic()
             self._thread = threading.Thread(target=self._run, name="tfmrcnn-watchdog", daemon=True)
             self._thread.start()
         return self

@@ -15,7 +15,9 @@ from __future__ import annotations
 import numpy as np
 import pycocotools.mask as mask_util
 
-__all__ = ["encode_masks", "window_rle_counts"]
+__all__ = ["encode_masks", "encode_windowed", "window_rle_counts"]
+
+_WINDOWED_MAX_FRACTION = 0.05
 
 
 def window_rle_counts(mask, window):
@@ -48,21 +50,34 @@ def window_rle_counts(mask, window):
     return counts.tolist()
 
 
+def encode_windowed(masks, windows):
+    """Compressed RLE dicts (bytes counts) of (D, H, W) bool masks, reading only the windows."""
+    height, width = masks.shape[1:]
+    return [mask_util.frPyObjects({"size": [height, width], "counts": window_rle_counts(m, w)},
+                                  height, width)
+            for m, w in zip(masks, np.asarray(windows).reshape(-1, 4))]
+
+
 def encode_masks(masks, windows=None):
     """(D, H, W) bool masks -> D compressed RLE dicts with str counts (json-serialisable).
 
     windows: optional (D, 4) int x0, y0, x1, y1 outside which each mask is empty; then only the
-    windows are read. Without it pycocotools encodes the full masks (fast when the masks are
-    column-major, as `paste_masks_in_image` returns them).
+    windows are read (when they cover under 5% of the masks' pixels). Without it pycocotools
+    encodes the full masks (fast when the masks are column-major, as `paste_masks_in_image`
+    returns them).
     """
     masks = np.asarray(masks)
     if len(masks) == 0:
         return []
-    height, width = masks.shape[1:]
     if windows is not None:
-        rles = [mask_util.frPyObjects({"size": [height, width],
-                                       "counts": window_rle_counts(m, w)}, height, width)
-                for m, w in zip(masks, np.asarray(windows).reshape(-1, 4))]
+        windows = np.asarray(windows).reshape(-1, 4)
+        area = np.maximum(windows[:, 2:] - windows[:, :2], 0).prod(axis=1).sum()
+        # per-mask Python work only pays off when the windows are a small part of the masks
+        # (measured: 2x faster at 5% of 100 masks of 800x1333, break-even near 10% at 480x640)
+        if area > _WINDOWED_MAX_FRACTION * masks.size:
+            windows = None
+    if windows is not None:
+        rles = encode_windowed(masks, windows)
     else:
         # pycocotools reads an (H, W, D) Fortran array: each mask column-major, masks one
         # after another

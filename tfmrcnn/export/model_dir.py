@@ -56,11 +56,11 @@ def load_model(model_dir: str, overrides: Sequence[str] = ()):
     overrides: "KEY=VALUE" (or "KEY", "VALUE") strings merged after DIR/config.yaml.
     Every model variable must be in the weights file (a model dir holds a complete detector).
     """
+    config_path, weights_path = model_dir_paths(model_dir)  # before the slow TF imports
     from tfmrcnn.checkpoint.weights_io import load_weights
     from tfmrcnn.config import load_config
     from tfmrcnn.modeling.meta_arch import GeneralizedRCNN
 
-    config_path, weights_path = model_dir_paths(model_dir)
     cfg = load_config(config_path, list(overrides))
     model = GeneralizedRCNN(cfg)
     load_weights(model, weights_path)
