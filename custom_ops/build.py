@@ -76,14 +76,22 @@ def _run(cmd, what):
         sys.exit("custom_ops/build.py: compiling %s failed (command: %s)" % (what, " ".join(cmd)))
 
 
-def _cuda_shim(tf_include):
-    """Include dir providing third_party/gpus/cuda/include when the TF wheel lacks it."""
+def _cuda_home(nvcc):
+    """The CUDA toolkit directory (include/, lib64/) that goes with `nvcc`."""
+    candidates = [os.environ.get("CUDA_HOME"), os.environ.get("CUDA_PATH"),
+                  os.path.dirname(os.path.dirname(os.path.realpath(nvcc))), "/usr/local/cuda"]
+    for home in candidates:
+        if home and os.path.exists(os.path.join(home, "include", "cuda_runtime.h")):
+            return home
+    sys.exit("custom_ops/build.py: cannot find the CUDA toolkit of %s; set CUDA_HOME" % nvcc)
+
+
+def _cuda_shim(tf_include, cuda_home):
+    """Include dir providing third_party/gpus/cuda/include when the TF wheel lacks it (the
+    tensorflow-cpu wheel does; the GPU wheel ships it)."""
     if os.path.isdir(os.path.join(tf_include, "third_party", "gpus", "cuda", "include")):
         return []
-    nvcc = os.path.realpath(shutil.which("nvcc") or "/usr/local/cuda/bin/nvcc")
-    cuda_inc = os.path.join(os.path.dirname(os.path.dirname(nvcc)), "include")
-    if not os.path.isdir(cuda_inc):
-        cuda_inc = "/usr/local/cuda/include"
+    cuda_inc = os.path.join(cuda_home, "include")
     shim = os.path.join(WORK_DIR, "cuda_shim")
     link = os.path.join(shim, "third_party", "gpus", "cuda", "include")
     os.makedirs(os.path.dirname(link), exist_ok=True)
@@ -112,6 +120,7 @@ def build(force=False, out=None):
         if nvcc is None:
             sys.exit("custom_ops/build.py: TFMRCNN_CUDA=1 but nvcc is not on PATH")
         tf_include = next(f[2:] for f in cflags if f.startswith("-I"))
+        cuda_home = _cuda_home(nvcc)
         gencode = []
         for a in CUDA_ARCHS:
             gencode += ["-gencode", "arch=compute_%s,code=sm_%s" % (a, a)]
@@ -121,11 +130,10 @@ def build(force=False, out=None):
             _run([nvcc, "-std=c++17", "-O3", "-c", src, "-o", obj, "-x", "cu",
                   "-DGOOGLE_CUDA=1", "-DNDEBUG", "--expt-relaxed-constexpr",
                   "-Xcompiler", "-fPIC"]
-                 + gencode + [f for f in cflags if f != "--std=c++17"] + _cuda_shim(tf_include)
+                 + gencode + [f for f in cflags if f != "--std=c++17"] + _cuda_shim(tf_include, cuda_home)
                  + ["-Xcompiler", ",".join(WARNINGS)], src)
             objects.append(obj)
-        cuda_lib = os.path.join(os.path.dirname(os.path.dirname(os.path.realpath(nvcc))), "lib64")
-        extra_link = ["-L" + cuda_lib, "-lcudart"]
+        extra_link = ["-L" + os.path.join(cuda_home, "lib64"), "-lcudart"]
         defines = ["-DGOOGLE_CUDA=1"]
     fd, tmp = tempfile.mkstemp(suffix=".so", dir=os.path.dirname(target))
     os.close(fd)

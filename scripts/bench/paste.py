@@ -2,9 +2,10 @@
 
 Paste problem: 100 masks of 28x28 probabilities (smooth blobs), boxes with sides log-uniform in
 16..600 px, on an 800x1333 image.
-  ours-numpy     tfmrcnn paste_masks_in_image: separable bilinear (Wy @ mask @ Wx.T) over each
-                 box's pixel window only
-  ours-tf        paste_masks_in_image_tf: the same over the whole image, batched matmuls
+  ours-numpy     tfmrcnn paste_masks_in_image: separable bilinear (two taps per axis, gathers)
+                 over each box's pixel window only
+  ours-tf        paste_masks_in_image_tf: the same over the whole image, batched gathers (for
+                 SavedModels / accelerators; on CPU it pays for R x H x W float temporaries)
   cv2-per-mask   the usual shortcut (tensorpack / Detectron1 style): cv2.resize the mask to the
                  rounded box size, threshold, copy into the image; not detectron2's sampling
   d2-grid-numpy  detectron2's algorithm as written there: a full-image sampling grid per mask

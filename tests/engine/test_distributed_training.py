@@ -3,6 +3,7 @@ import os
 import pathlib
 import subprocess
 import sys
+import time
 
 import numpy as np
 import pytest
@@ -17,12 +18,12 @@ def _env(**extra):
                 OMPI_ALLOW_RUN_AS_ROOT="1", OMPI_ALLOW_RUN_AS_ROOT_CONFIRM="1", **extra)
 
 
-def _horovodrun(np_, args, timeout=600):
+def _horovodrun(np_, args, timeout=600, **env):
     if not (BIN / "horovodrun").exists():
         pytest.fail("horovodrun missing: Horovod is part of the tested stack (scripts/setup.sh)")
     cmd = [str(BIN / "horovodrun"), "-np", str(np_), "-H", f"localhost:{np_}", "--gloo",
            sys.executable] + [str(a) for a in args]
-    return subprocess.run(cmd, capture_output=True, text=True, env=_env(), timeout=timeout)
+    return subprocess.run(cmd, capture_output=True, text=True, env=_env(**env), timeout=timeout)
 
 
 def _run(args, timeout=300, **env):
@@ -55,6 +56,19 @@ def test_resume_after_sigkill_continues_iteration_weights_and_optimizer(tmp_path
             if key == "__meta__":
                 continue
             np.testing.assert_allclose(a[key], b[key], rtol=1e-6, atol=1e-7, err_msg=key)
+
+
+@pytest.mark.slow
+def test_a_dying_rank_ends_the_job(tmp_path):
+    """Rank 1 exits abruptly after iteration 3; rank 0 would wait in the next allreduce
+    forever: the launcher must end the whole job (quickly, with a failure code)."""
+    start = time.monotonic()
+    out = _horovodrun(2, [HERE / "toy_train_job.py", tmp_path, 1000], timeout=600,
+                      TOY_DIE_AT="3", TFMRCNN_WATCHDOG_SECONDS="60")
+    elapsed = time.monotonic() - start
+    assert out.returncode != 0
+    assert "DONE" not in out.stdout
+    assert elapsed < 400, elapsed
 
 
 @pytest.mark.slow

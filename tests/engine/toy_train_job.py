@@ -1,7 +1,9 @@
-"""Train the toy model in its own process: ``toy_train_job.py OUT MAX_ITER [KILL_AT]``.
+"""Train the toy model in its own process(es): ``toy_train_job.py OUT MAX_ITER [KILL_AT]``.
 
 With KILL_AT the process sends itself SIGKILL right after iteration KILL_AT finished (no
-clean-up, like a machine failure). Prints "DONE start=<iteration it started at>" at the end.
+clean-up, like a machine failure). With TOY_DIE_AT=k (under a launcher) only the last rank
+exits abruptly after iteration k, the others carry on into the next allreduce.
+Prints "DONE start=<iteration it started at>" at the end.
 """
 import os
 import signal
@@ -25,5 +27,9 @@ trainer.resume_or_load(resume=True)
 if kill_at is not None:
     trainer.after_step_hooks.append(
         lambda tr, done: os.kill(os.getpid(), signal.SIGKILL) if done == kill_at else None)
+die_at = int(os.environ.get("TOY_DIE_AT", "-1"))
+if die_at >= 0 and hvd.rank() == hvd.size() - 1:
+    trainer.after_step_hooks.append(
+        lambda tr, done: os._exit(1) if done == die_at else None)
 trainer.train()
 print(f"DONE start={trainer.start_iter}", flush=True)

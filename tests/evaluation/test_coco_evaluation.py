@@ -63,7 +63,8 @@ def _reference_metrics(json_path, results, iou_type, img_ids=None):
         ev.evaluate()
         ev.accumulate()
         ev.summarize()
-    metrics = {n: ev.stats[i] * 100 if ev.stats[i] >= 0 else float("nan") for i, n in enumerate(NAMES)}
+    metrics = {n: ev.stats[i] * 100 if ev.stats[i] >= 0 else float("nan")
+               for i, n in enumerate(NAMES)}
     for k, cat in enumerate(sorted(toy.CATEGORIES, key=lambda c: c["id"])):
         p = ev.eval["precision"][:, :, k, 0, -1]
         metrics["AP-" + cat["name"]] = p[p > -1].mean() * 100 if (p > -1).any() else float("nan")
@@ -186,9 +187,10 @@ def test_crowd_region_detection_is_ignored_not_false_positive(toy_json):
     crowd_mask = np.zeros((1, 40, 40), bool)
     crowd_mask[0, 22:38, 24:38] = True
     out = outputs[27]
+    square = toy.CONTIGUOUS[3]
     outputs[27] = {"boxes": np.concatenate([[[24, 22, 38, 38]], out["boxes"]]).astype(np.float32),
                    "scores": np.concatenate([[1.0], out["scores"]]).astype(np.float32),
-                   "classes": np.concatenate([[toy.CONTIGUOUS[3]], out["classes"]]).astype(np.int32),
+                   "classes": np.concatenate([[square], out["classes"]]).astype(np.int32),
                    "masks": np.concatenate([crowd_mask, out["masks"]])}
     metrics = _run_evaluator(json_path, root, data, outputs)
     assert metrics["bbox"]["AP"] == pytest.approx(100.0)

@@ -1,4 +1,4 @@
-"""tfmrcnn-eval command line: argument errors (fast) and a full run on a tiny random model (slow)."""
+"""tfmrcnn-eval command line: argument errors (fast), a full run on a tiny random model (slow)."""
 import json
 
 import pytest

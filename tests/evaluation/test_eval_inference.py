@@ -24,7 +24,8 @@ def test_pad_batch_and_prepare():
     batch, sizes = pad_batch([a, b], 32)
     assert batch.shape == (2, 64, 64, 3) and batch.dtype == np.float32
     np.testing.assert_array_equal(sizes, [[30, 50], [40, 20]])
-    assert (batch[0, :30, :50] == 7).all() and (batch[0, 30:] == 0).all() and (batch[0, :, 50:] == 0).all()
+    assert (batch[0, :30, :50] == 7).all()
+    assert (batch[0, 30:] == 0).all() and (batch[0, :, 50:] == 0).all()
     images, sizes = prepare_eval_images([a, b], 60, 100, 32)
     np.testing.assert_array_equal(sizes, [[60, 100], [100, 50]])   # long side capped at 100
     assert images.shape == (2, 128, 128, 3)

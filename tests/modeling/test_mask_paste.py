@@ -43,7 +43,8 @@ def _random_case(seed, n=10, height=29, width=35, mask_size=28):
 @pytest.fixture(scope="module")
 def golden(fixtures_dir):
     d = np.load(fixtures_dir / "d2" / "paste_masks.npz")
-    return d["masks"], d["boxes"], tuple(int(v) for v in d["image_size"]), float(d["threshold"]), d["pasted"]
+    size = tuple(int(v) for v in d["image_size"])
+    return d["masks"], d["boxes"], size, float(d["threshold"]), d["pasted"]
 
 
 def test_numpy_paste_equals_detectron2(golden):
@@ -96,7 +97,8 @@ def test_boxes_outside_the_image_and_empty_input():
     assert not paste_masks_in_image_tf(masks, boxes, (40, 45)).numpy().any()
     empty = paste_masks_in_image(np.zeros((0, 28, 28), np.float32), np.zeros((0, 4)), (10, 11))
     assert empty.shape == (0, 10, 11) and empty.dtype == bool
-    assert paste_masks_in_image_tf(np.zeros((0, 28, 28)), np.zeros((0, 4)), (10, 11)).shape == (0, 10, 11)
+    empty_tf = paste_masks_in_image_tf(np.zeros((0, 28, 28)), np.zeros((0, 4)), (10, 11))
+    assert empty_tf.shape == (0, 10, 11)
 
 
 def test_full_mask_fills_its_box():

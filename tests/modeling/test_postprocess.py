@@ -56,6 +56,11 @@ def test_masks_are_pasted_at_original_resolution_with_rescaled_boxes():
     np.testing.assert_allclose(res["boxes"], boxes, rtol=1e-6)
     np.testing.assert_array_equal(
         res["masks"], paste_masks_in_image(outputs["masks"][0, :4], res["boxes"], (45, 128)))
+    # mask_windows bound every mask: nothing is set outside them
+    for mask, (x0, y0, x1, y1) in zip(res["masks"], res["mask_windows"]):
+        outside = mask.copy()
+        outside[y0:y1, x0:x1] = False
+        assert not outside.any() and mask[y0:y1, x0:x1].any()
 
 
 def test_no_detections_and_no_masks():

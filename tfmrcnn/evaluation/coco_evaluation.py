@@ -176,6 +176,8 @@ def evaluate_coco_results(coco_gt, results, iou_types=("bbox", "segm"), img_ids=
 
     Returns {iou_type: metrics dict}. segm is skipped when results exist but none has a mask.
     """
+    if not results:
+        logger.warning("No predictions from the model: AP is 0 wherever there is ground truth")
     if results and not any("segmentation" in r for r in results):
         iou_types = [t for t in iou_types if t != "segm"]
     if output_dir:
@@ -262,6 +264,8 @@ class COCOEvaluator:
         """inputs: dataset dicts (image_id, height, width); outputs: postprocessed dicts."""
         for inp, out in zip(inputs, outputs):
             image_id = inp["image_id"]
+            if isinstance(image_id, np.integer):     # json cannot write numpy integers
+                image_id = int(image_id)
             self._predictions.append({
                 "image_id": image_id,
                 "instances": instances_to_coco_json(out, image_id, self.label_to_category_id)})

@@ -38,7 +38,8 @@ def window_rle_counts(mask, window):
     # run of ones has a +1 at its first row and a -1 one past its last row
     padded = np.zeros((x1 - x0, y1 - y0 + 2), np.int8)
     padded[:, 1:-1] = mask[y0:y1, x0:x1].T
-    cols, rows = np.nonzero(np.diff(padded, axis=1))      # column-major order, starts/ends alternate
+    # nonzero walks column by column, so starts and ends alternate
+    cols, rows = np.nonzero(np.diff(padded, axis=1))
     bounds = (cols + x0).astype(np.int64) * height + rows + y0   # flat column-major positions
     # a run reaching the bottom of a full-height column continues at the top of the next one
     joined = np.nonzero(bounds[1:-1:2] == bounds[2::2])[0] * 2 + 1

@@ -17,7 +17,7 @@ Bilinear sampling on a separable grid is separable: the pasted probabilities of 
 of each pixel row / column (at most two non-zero entries per row). The NumPy version applies the
 two taps per row with gathers, only over each box's pixel window (detectron2's window
 ``floor(x0) - 1 .. ceil(x1) + 1``: pixels beyond it sample zero padding only); the TF version
-uses dense matmuls over the whole image.
+does the same with batched gathers over the whole image.
 """
 from __future__ import annotations
 
@@ -41,7 +41,8 @@ def axis_taps(start, end, first_pixel, num_pixels, mask_size):
     """
     start = np.asarray(start, np.float32)[:, None]
     end = np.asarray(end, np.float32)[:, None]
-    centres = (np.asarray(first_pixel)[:, None] + np.arange(num_pixels)).astype(np.float32) + np.float32(0.5)
+    pixels = np.asarray(first_pixel)[:, None] + np.arange(num_pixels)              # (R, L)
+    centres = pixels.astype(np.float32) + np.float32(0.5)
     # detectron2 builds the [-1, 1] grid first and grid_sample un-normalises it; keep that
     # float32 order so ties at the threshold fall the same way.
     grid = (centres - start) / (end - start) * np.float32(2) - np.float32(1)
@@ -112,32 +113,37 @@ def paste_masks_in_image(masks, boxes, image_shape, threshold=0.5):
     return out_t.transpose(0, 2, 1)
 
 
-def _interpolation_weights_tf(start, end, num_pixels, mask_size):
-    """Dense (R, P, M) form of `axis_taps` over a whole image side, batched over boxes.
+def _axis_taps_tf(start, end, num_pixels, mask_size):
+    """TF `axis_taps` over a whole image side, batched over boxes.
 
     Args:
         start, end: (R,) float32 box extent along the axis.
         num_pixels: scalar int32 tensor, image size along the axis.
         mask_size: int, M.
     Returns:
-        (R, num_pixels, M) float32.
+        (low, high) (R, P) int32 cells clipped into [0, M), (w_low, w_high) (R, P) float32
+        weights, 0 for a cell outside the mask (zero padding).
     """
     centres = tf.cast(tf.range(num_pixels), tf.float32) + 0.5          # (P,)
     grid = (centres[None, :] - start[:, None]) / (end - start)[:, None] * 2.0 - 1.0
     pos = ((grid + 1.0) * float(mask_size) - 1.0) / 2.0                 # (R, P) in mask cells
-    low = tf.floor(pos)
-    frac = pos - low
-    low = tf.cast(low, tf.int32)
-    # one_hot of an out-of-range index is all zeros: exactly the zero padding of grid_sample.
-    return (tf.one_hot(low, mask_size, dtype=tf.float32) * (1.0 - frac)[..., None]
-            + tf.one_hot(low + 1, mask_size, dtype=tf.float32) * frac[..., None])
+    low_f = tf.floor(pos)
+    frac = pos - low_f
+    low = tf.cast(low_f, tf.int32)
+    high = low + 1
+    w_low = tf.where((low >= 0) & (low < mask_size), 1.0 - frac, 0.0)
+    w_high = tf.where((high >= 0) & (high < mask_size), frac, 0.0)
+    return (tf.clip_by_value(low, 0, mask_size - 1), tf.clip_by_value(high, 0, mask_size - 1),
+            w_low, w_high)
 
 
 def paste_masks_in_image_tf(masks, boxes, image_shape, threshold=0.5):
     """Graph-mode paste (same convention as `paste_masks_in_image`), usable in a SavedModel.
 
-    Evaluates ``Wy @ mask @ Wx.T`` over the whole image for every mask: O(R * H * W * M) work,
-    cheap on an accelerator and free of data-dependent shapes.
+    Samples every mask over the whole image with two gathers per axis (no data-dependent
+    shapes). Gathers and element-wise float32 arithmetic rather than ``Wy @ mask @ Wx.T``
+    matmuls: GPUs would run those in TensorFloat-32 by default, and the lost mantissa bits
+    move pixels across the threshold.
 
     Args:
         masks: (R, M, M) float mask probabilities, M static.
@@ -152,7 +158,10 @@ def paste_masks_in_image_tf(masks, boxes, image_shape, threshold=0.5):
     image_shape = tf.cast(tf.convert_to_tensor(image_shape), tf.int32)
     mask_size = masks.shape[-1]
     x0, y0, x1, y1 = tf.unstack(boxes, 4, axis=1)                       # each (R,)
-    wy = _interpolation_weights_tf(y0, y1, image_shape[0], mask_size)   # (R, H, M)
-    wx = _interpolation_weights_tf(x0, x1, image_shape[1], mask_size)   # (R, W, M)
-    probs = tf.matmul(tf.matmul(wy, masks), wx, transpose_b=True)       # (R, H, W)
+    ylo, yhi, wylo, wyhi = _axis_taps_tf(y0, y1, image_shape[0], mask_size)   # each (R, H)
+    xlo, xhi, wxlo, wxhi = _axis_taps_tf(x0, x1, image_shape[1], mask_size)   # each (R, W)
+    rows = (tf.gather(masks, ylo, axis=1, batch_dims=1) * wylo[:, :, None]
+            + tf.gather(masks, yhi, axis=1, batch_dims=1) * wyhi[:, :, None])   # (R, H, M)
+    probs = (tf.gather(rows, xlo, axis=2, batch_dims=1) * wxlo[:, None, :]
+             + tf.gather(rows, xhi, axis=2, batch_dims=1) * wxhi[:, None, :])   # (R, H, W)
     return probs >= threshold

@@ -33,7 +33,8 @@ def unbatch_outputs(outputs):
         outputs: dict of numpy arrays or tensors with a leading batch axis (and
             ``num_detections (B,)``; without it every row is kept).
     Returns:
-        list of B dicts: boxes (D_i, 4), scores (D_i,), classes (D_i,), masks (D_i, M, M) if present.
+        list of B dicts: boxes (D_i, 4), scores (D_i,), classes (D_i,), and masks (D_i, M, M)
+        if present.
     """
     arrays = {k: _to_numpy(v) for k, v in outputs.items() if k in _PER_DETECTION_KEYS}
     batch = len(arrays["boxes"])

@@ -1,0 +1,146 @@
+"""Benchmark section: 2-process Horovod weak scaling of the training step on the CPU.
+
+The same training loop (tfmrcnn.engine.trainer.make_train_step: losses, Horovod-averaged
+gradients, loss allreduce for the log, SGD) on the shapes demo config (configs/
+shapes_demo_cpu.yaml: R18-half + FPN 64, SyncBN, 2 images of 192x256 per process) is launched
+with ``horovodrun -np N -H localhost:N --gloo`` for N = 1 and N = 2, each process with 1
+intra-op and 1 inter-op thread. Weak scaling: every process keeps its 2 images per step, so
+perfect scaling doubles the images/s:
+
+    efficiency = images/s (2 processes) / (2 x images/s (1 process))
+
+images/s = N x 2 images / (median step wall time of rank 0 after warm-up). A second pair of runs
+with MODEL.RESNETS.NORM = BN (per-process statistics: no allreduce inside the forward and
+backward) separates the cost of SyncBN's per-layer allreduces from the gradient allreduce.
+cpu_s is the CPU time of rank 0 per step: with a busy machine, the wall numbers measure the
+other jobs as much as ours (2 processes need both cores to themselves).
+
+Each worker prints its measurements; the driver side (`run`) starts horovodrun and reads them.
+"""
+from __future__ import annotations
+
+import argparse
+import importlib.util
+import json
+import os
+import shutil
+import statistics
+import subprocess
+import sys
+import time
+
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+MARKER = "SCALING_ROW "
+IMAGES_PER_PROCESS = 2
+
+
+def _bench_model():
+    spec = importlib.util.spec_from_file_location(
+        "tfmrcnn_bench_model_helpers", os.path.join(os.path.dirname(__file__), "model.py"))
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def worker(opts):
+    """One Horovod rank: build, broadcast, warm up, time `opts.steps` steps."""
+    m = _bench_model()
+    from tfmrcnn.engine.hvd_utils import init_horovod
+    hvd = init_horovod()
+    tf = m.setup_threads(opts.threads, 1)
+    from tfmrcnn.engine.solver import WarmupMultiStepLR, build_optimizer
+    from tfmrcnn.engine.trainer import make_train_step
+    cfg = m.make_cfg(m.DEMO_CONFIG, ["MODEL.RESNETS.NORM", opts.norm])
+    model = m.build_model(cfg, seed=0)
+    batch = m.synthetic_batch(IMAGES_PER_PROCESS, m.DEMO_HW, 4, 3, seed=hvd.rank())
+    optimizer = build_optimizer(cfg, model)
+    iteration = tf.Variable(0, dtype=tf.int64, trainable=False)
+    step = make_train_step(model, optimizer, WarmupMultiStepLR.from_config(cfg), cfg, hvd,
+                           iteration, m.batch_signature(batch))
+    hvd.broadcast_variables(list(model.variables) + list(optimizer.slots), root_rank=0)
+    tensors = {k: tf.constant(v) for k, v in batch.items()}
+    t0 = time.perf_counter()
+    m.block(step(tensors))
+    first = time.perf_counter() - t0
+    for _ in range(opts.warmup):
+        m.block(step(tensors))
+    walls, cpus = [], []
+    for _ in range(opts.steps):
+        w0, c0 = time.perf_counter(), time.process_time()
+        m.block(step(tensors))
+        walls.append(time.perf_counter() - w0)
+        cpus.append(time.process_time() - c0)
+    print(MARKER + json.dumps({"rank": hvd.rank(), "size": hvd.size(), "norm": opts.norm,
+                               "step_s": statistics.median(walls),
+                               "cpu_s": statistics.median(cpus), "first_s": first}),
+          flush=True)
+
+
+def _horovodrun():
+    here = os.path.join(os.path.dirname(sys.executable), "horovodrun")
+    return here if os.path.exists(here) else shutil.which("horovodrun")
+
+
+def launch(num_proc: int, norm: str, steps: int, warmup: int, timeout: int = 900):
+    """Run `num_proc` ranks under horovodrun --gloo; returns rank 0's measurement (or error)."""
+    cmd = [_horovodrun(), "-np", str(num_proc), "-H", f"localhost:{num_proc}", "--gloo",
+           sys.executable, os.path.abspath(__file__), "--worker", "--norm", norm,
+           "--steps", str(steps), "--warmup", str(warmup)]
+    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2", PYTHONPATH=ROOT)
+    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=timeout)
+    found = []
+    for line in proc.stdout.splitlines():
+        if MARKER in line:  # horovodrun prefixes every line with [rank]<stdout>:
+            found.append(json.loads(line.split(MARKER, 1)[1]))
+    rank0 = [r for r in found if r["rank"] == 0]
+    if proc.returncode != 0 or not rank0:
+        return {"error": (proc.stderr or proc.stdout).strip()[-300:]}
+    out = rank0[0]
+    out["slowest_rank_step_s"] = max(r["step_s"] for r in found)
+    return out
+
+
+def run(args):
+    """The driver's entry point (scripts/benchmark.py scaling [--quick])."""
+    if not _horovodrun():
+        return [{"case": "horovod", "note": "horovodrun not found (scripts/setup.sh builds it)"}]
+    steps = 5 if args.quick else 20
+    warmup = 2 if args.quick else 5
+    rows = []
+    for norm in ("SyncBN", "BN"):
+        ips = {}
+        for n in (1, 2):
+            r = launch(n, norm, steps, warmup)
+            case = f"demo {norm} {IMAGES_PER_PROCESS} img/proc"
+            if "error" in r:
+                rows.append({"case": case, "processes": n, "note": "FAILED " + r["error"]})
+                continue
+            ips[n] = n * IMAGES_PER_PROCESS / r["step_s"]
+            rows.append({"case": case, "processes": n, "threads": 1, "step_s": r["step_s"],
+                         "cpu_s": r["cpu_s"], "images_per_s": ips[n]})
+        if len(ips) == 2:
+            rows.append({"case": f"demo {norm} weak scaling", "processes": 2,
+                         "efficiency": ips[2] / (2 * ips[1])})
+    return rows
+
+
+def main(argv=None):
+    p = argparse.ArgumentParser()
+    p.add_argument("--worker", action="store_true")
+    p.add_argument("--norm", default="SyncBN")
+    p.add_argument("--steps", type=int, default=20)
+    p.add_argument("--warmup", type=int, default=5)
+    p.add_argument("--threads", type=int, default=1)
+    opts = p.parse_args(argv)
+    if ROOT not in sys.path:
+        sys.path.insert(0, ROOT)
+    if opts.worker:
+        worker(opts)
+    else:  # standalone: print the rows
+        args = argparse.Namespace(quick=False)
+        for row in run(args):
+            print(row)
+
+
+if __name__ == "__main__":
+    main()
