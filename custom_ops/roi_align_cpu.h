@@ -1,6 +1,6 @@
 // CPU ROIAlign on NHWC float32, separable form (no TensorFlow dependency; threading is the
-// caller's job: the forward works on any range of ROIs, the backward on any range of channels,
-// so concurrent calls on disjoint ranges never write the same memory).
+// caller's job: the forward works on any range of ROIs, the backward on any band of feature
+// rows, so concurrent calls on disjoint ranges never write the same memory).
 //
 // A bin's value is sum_y sum_x wy(y) wx(x) F[y, x, :] / count (see roi_align_kernel.h), so per
 // ROI we precompute, once, a short dense weight vector over feature rows for every bin row and
@@ -11,8 +11,8 @@
 //             dF[r, c, :]   += sum_ph wy[ph](r) U[ph][c, :]
 // This is the same sum as the sample-by-sample definition, reordered; it costs about
 // pooled_h * rows_per_bin * roi_width + pooled_h * pooled_w * cols_per_bin multiply-adds per
-// channel instead of 4 * pooled_h * pooled_w * grid_h * grid_w. Every output element is written
-// once from register accumulators (WeightedSum), which keeps the loops load-bound.
+// channel instead of 4 * pooled_h * pooled_w * grid_h * grid_w. Each destination vector is
+// loaded/stored once per sum, from register accumulators (WeightedSum).
 //
 // The two entry points are compiled for several x86-64 levels and picked at load time
 // (GCC function multi-versioning), so the library stays portable while using AVX2/AVX-512

@@ -3,6 +3,7 @@
 // GPU kernels are registered by roi_align_op_gpu.cu.cc when the library is built with CUDA.
 #include <algorithm>
 #include <cstring>
+#include <memory>
 #include <vector>
 
 #include "roi_align_cpu.h"
@@ -179,8 +180,8 @@ class RoiAlignCpuOp : public OpKernel {
     // ROIs are independent: shard them; each shard owns its output rows.
     Workers(ctx)->ParallelFor(
         num_rois, std::max<int64_t>(cost / num_rois, 1), [&](int64_t begin, int64_t end) {
-          std::vector<float> scratch(roi_align::ForwardScratchSize(p));
-          roi_align::ForwardRange(p, f, b, bi, begin, end, out, scratch.data());
+          std::unique_ptr<float[]> scratch(new float[roi_align::ForwardScratchSize(p)]);
+          roi_align::ForwardRange(p, f, b, bi, begin, end, out, scratch.get());
         });
   }
 
@@ -221,25 +222,25 @@ class RoiAlignGradCpuOp : public OpKernel {
     float* d = dfeat->flat<float>().data();
     auto* pool = Workers(ctx);
     const int64_t row = int64_t{p.width} * p.channels;
-    pool->ParallelFor(int64_t{p.batch} * p.height, row, [&](int64_t begin, int64_t end) {
-      std::memset(d + begin * row, 0, sizeof(float) * (end - begin) * row);
-    });
-    if (num_rois == 0) return;
     const float* g = grad.flat<float>().data();
     const float* b = boxes.flat<float>().data();
     const int32_t* bi = box_indices.flat<int32_t>().data();
     // ROIs overlap, so sharding over ROIs would race on d. Shards take disjoint bands of the
-    // stacked N * H feature rows instead, cut so that each band carries about the same work.
+    // stacked N * H feature rows instead, cut so that each band carries about the same work;
+    // a band zeroes its rows, then adds every ROI's contribution to them.
     const std::vector<int64_t> bands = RowBands(p, b, bi, num_rois, 4 * pool->NumThreads());
     const int64_t num_bands = static_cast<int64_t>(bands.size()) - 1;
-    int64_t cost = 0;
+    int64_t cost = int64_t{p.batch} * p.height * row;  // zeroing
     for (int64_t r = 0; r < num_rois; ++r) cost += roi_align::RoiCost(b + 4 * r, p);
     pool->ParallelFor(num_bands, std::max<int64_t>(cost / num_bands, 1),
                       [&](int64_t begin, int64_t end) {
-                        std::vector<float> scratch(roi_align::BackwardScratchSize(p));
+                        std::unique_ptr<float[]> scratch(
+                            new float[roi_align::BackwardScratchSize(p)]);
                         for (int64_t k = begin; k < end; ++k) {
+                          std::memset(d + bands[k] * row, 0,
+                                      sizeof(float) * (bands[k + 1] - bands[k]) * row);
                           roi_align::BackwardRows(p, g, b, bi, num_rois, bands[k], bands[k + 1],
-                                                  d, scratch.data());
+                                                  d, scratch.get());
                         }
                       });
   }

@@ -5,6 +5,7 @@
     python scripts/profile_model.py ops     [--hw 800 1333] [--train] [--top 25]
     python scripts/profile_model.py trace   --logdir /tmp/tfmrcnn_trace [--train]
     python scripts/profile_model.py proto   [--hw 800 1333] [--only NAME ...]
+    python scripts/profile_model.py proto   --train [--hw 800 1333] [--only NAME ...]
 
 stages  inference cut into compiled pieces (each a tf.function with a fixed signature, fed the
         previous piece's outputs): normalize, ResNet bottom-up, FPN (= features - bottom-up),
@@ -25,7 +26,13 @@ proto   the optimisation prototypes, applied by monkeypatching tfmrcnn's classes
                         instead of a separate tf.pad copy of every 3x3/7x7 input
           fold+pad      both
           bf16          TEST.BF16_INFERENCE (backbone, FPN, RPN head in bfloat16)
-          fold+pad+bf16 all three
+          heads_bf16    the pooled ROI features cast to bfloat16, so the box head, box
+                        predictor and mask head run in bfloat16 too (float32 ROIAlign kept)
+          and combinations (PROTOS); by default baseline, fold_bn, bf16, bf16+heads_bf16,
+          fold+bf16+heads_bf16. Times: median wall and process CPU time.
+        With --train, training-step variants (TRAIN_PROTOS): fg_mask (mask head on the real
+        foreground ROIs only, `_mask_loss_foreground_only`), fold_bn, amp_bf16
+        (SOLVER.AMP.ENABLED with TRAINER.AMP_DTYPE bfloat16), heads_bf16, and combinations.
 
 Random weights are calibrated like the benchmark (scripts/bench/model.py calibrate_frozen_bn)
 and MODEL.ROI_HEADS.SCORE_THRESH_TEST = 0.0 so that there are 100 detections.
@@ -291,7 +298,8 @@ def cmd_ops(opts):
     graph = tf.Graph()
     with graph.as_default(), named_scopes(tf):
         cfg = B.make_cfg(overrides=["MODEL.ROI_HEADS.SCORE_THRESH_TEST", "0.0"])
-        model = B.build_model(cfg)
+        with tf.name_scope("model"):  # graph mode rejects tf.Module's "_Conv" as a root scope
+            model = B.build_model(cfg)
         batch = B.synthetic_batch(1, tuple(opts.hw), 10, 80, masks=opts.train)
         feeds = {k: tf1.placeholder(tf.as_dtype(v.dtype), [None] * v.ndim, name=k)
                  for k, v in batch.items()}
@@ -438,25 +446,43 @@ _ORIGINAL = {}
 _PAD_IN_CONV = [False]
 
 
+def _pooler_call_bf16(self, features, boxes, box_indices):
+    """ROIPooler.__call__ whose pooled features are cast to bfloat16 (prototype of
+    `heads_bf16`): the box and mask heads then run in bfloat16, since Linear / Conv2D /
+    ConvTranspose2D cast their weights to the input dtype and the predictor outputs are cast
+    back to float32 by the inference code."""
+    import tensorflow as tf
+    return tf.cast(_ORIGINAL["pooler"](self, features, boxes, box_indices), tf.bfloat16)
+
+
 @contextlib.contextmanager
-def patched(fold: bool, pad: bool):
+def patched(fold: bool, pad: bool, heads_bf16: bool = False):
     from tfmrcnn.modeling.layers import Conv2D
+    from tfmrcnn.modeling.poolers import ROIPooler
     _ORIGINAL["conv"] = Conv2D.__call__
+    _ORIGINAL["pooler"] = ROIPooler.__call__
     _PAD_IN_CONV[0] = pad
     if fold:
         Conv2D.__call__ = _conv_call_folded
     elif pad:
         Conv2D.__call__ = _conv_call_pad
+    if heads_bf16:
+        ROIPooler.__call__ = _pooler_call_bf16
     try:
         yield
     finally:
         Conv2D.__call__ = _ORIGINAL["conv"]
+        ROIPooler.__call__ = _ORIGINAL["pooler"]
         _PAD_IN_CONV[0] = False
 
 
-PROTOS = {"baseline": (False, False, False), "fold_bn": (True, False, False),
-          "pad_in_conv": (False, True, False), "fold+pad": (True, True, False),
-          "bf16": (False, False, True), "fold+pad+bf16": (True, True, True)}
+# variant: (fold_bn, pad_in_conv, bf16 backbone/FPN/RPN (TEST.BF16_INFERENCE), bf16 ROI heads)
+PROTOS = {"baseline": (False, False, False, False), "fold_bn": (True, False, False, False),
+          "pad_in_conv": (False, True, False, False), "fold+pad": (True, True, False, False),
+          "bf16": (False, False, True, False), "bf16+heads_bf16": (False, False, True, True),
+          "fold+bf16+heads_bf16": (True, False, True, True),
+          "heads_bf16": (False, False, False, True)}
+DEFAULT_PROTOS = ["baseline", "fold_bn", "bf16", "bf16+heads_bf16", "fold+bf16+heads_bf16"]
 
 
 def cmd_proto(opts):
@@ -469,12 +495,12 @@ def cmd_proto(opts):
     for k, v in bf_model.named_variables().items():
         v.assign(src[k])
     images, sizes = tf.constant(batch["images"]), tf.constant(batch["image_sizes"])
-    names = opts.only or list(PROTOS)
+    names = opts.only or DEFAULT_PROTOS
     rows, ref = [], None
     for name in names:
-        fold, pad, bf16 = PROTOS[name]
+        fold, pad, bf16, heads_bf16 = PROTOS[name]
         m = bf_model if bf16 else model
-        with patched(fold, pad):
+        with patched(fold, pad, heads_bf16):
             feats_fn = tf.function(lambda i, s, m=m: [
                 tf.cast(v, tf.float32) for v in
                 m.features(i, s, False, m.test_dtype).values()], autograph=False)
@@ -486,20 +512,91 @@ def cmd_proto(opts):
             e_wall, e_cpu = B.time_calls(lambda: infer(images, sizes), opts.repeats, opts.warmup)
         p2 = feats[0].numpy()
         row = {"variant": name, "features_s": f_wall, "features_cpu_s": f_cpu,
-               "inference_s": e_wall, "inference_cpu_s": e_cpu}
+               "inference_s": e_wall, "inference_cpu_s": e_cpu,
+               "dets": int(out["num_detections"][0])}
         if ref is None:
             ref = (p2, out)
         else:
-            scale = np.abs(ref[0]).max()
+            scale = np.abs(ref[0]).max()  # max |P2 - P2_baseline| / max |P2_baseline|
             row["p2_max_rel_diff"] = float(np.abs(p2 - ref[0]).max() / scale)
-            same = np.abs(out["boxes"].numpy() - ref[1]["boxes"].numpy()).max()
-            row["det_box_max_diff_px"] = float(same)
         rows.append(row)
         print("done", name, row, flush=True)
     print("# prototypes, hw %s, load %s" % (tuple(opts.hw),
                                             " ".join("%.2f" % v for v in os.getloadavg())))
     _print_table(rows, ["variant", "features_s", "features_cpu_s", "inference_s",
-                        "inference_cpu_s", "p2_max_rel_diff", "det_box_max_diff_px"])
+                        "inference_cpu_s", "dets", "p2_max_rel_diff"])
+
+
+def _mask_loss_foreground_only(self, features_list, samples, gt_masks, training):
+    """StandardROIHeads._mask_loss on the real foreground ROIs only (prototype of `fg_mask`).
+
+    The shipped version runs the mask head on all F = BATCH_SIZE_PER_IMAGE * POSITIVE_FRACTION
+    slots per image (128 at detectron2's defaults) and weights the padding by 0; this one
+    gathers the foreground rows of every image first (a dynamic row count: fine on CPU/GPU
+    without XLA), as detectron2 does. Same loss value.
+    """
+    import tensorflow as tf
+    from tfmrcnn.modeling.mask_head import mask_rcnn_loss, mask_rcnn_targets
+    f = self.sampler.max_foreground
+    fg = samples.foreground[:, :f]  # (B, F)
+    b, g = tf.shape(gt_masks)[0], tf.shape(gt_masks)[1]
+    image = tf.boolean_mask(tf.broadcast_to(tf.range(b)[:, None], tf.shape(fg)), fg)  # (N,)
+    boxes = tf.boolean_mask(samples.boxes[:, :f], fg)  # (N, 4)
+    classes = tf.boolean_mask(samples.classes[:, :f], fg)  # (N,)
+    stack_index = image * g + tf.boolean_mask(samples.gt_indices[:, :f], fg)  # into B*G
+    x = self.mask_pooler(features_list, boxes, image)  # (N, 14, 14, C)
+    logits = self.mask_head(x, training=training)  # (N, M, M, K)
+    hp, wp = tf.shape(gt_masks)[2], tf.shape(gt_masks)[3]
+    all_masks = tf.reshape(gt_masks, tf.stack([1, b * g, hp, wp]))  # one "image" of B*G masks
+    targets = mask_rcnn_targets(all_masks, boxes[None], stack_index[None], self.mask_size)[0]
+    return mask_rcnn_loss(logits, classes, targets, tf.ones_like(classes, tf.float32))
+
+
+# training variant: (SOLVER.AMP bfloat16, heads in bf16, foreground-only mask head, fold_bn)
+TRAIN_PROTOS = {"baseline": (False, False, False, False),
+                "fg_mask": (False, False, True, False),
+                "fold_bn": (False, False, False, True),
+                "amp_bf16": (True, False, False, False),
+                "amp_bf16+heads_bf16": (True, True, False, False),
+                "amp_bf16+heads_bf16+fg_mask": (True, True, True, False),
+                "amp_bf16+heads_bf16+fg_mask+fold_bn": (True, True, True, True)}
+DEFAULT_TRAIN_PROTOS = ["baseline", "fg_mask", "amp_bf16", "amp_bf16+heads_bf16+fg_mask"]
+
+
+def cmd_proto_train(opts):
+    """A/B of training-step prototypes at batch 1 (10 GT instances)."""
+    import tensorflow as tf
+    from tfmrcnn.modeling.roi_heads import StandardROIHeads
+    tf_ = B.setup_threads(opts.threads, opts.inter_threads)
+    batch = B.synthetic_batch(1, tuple(opts.hw), 10, 80, masks=True)
+    tensors = {k: tf.constant(v) for k, v in batch.items()}
+    spec = B.batch_signature(batch)
+    rows = []
+    original_mask_loss = StandardROIHeads._mask_loss
+    for name in opts.only or DEFAULT_TRAIN_PROTOS:
+        amp, heads_bf16, fg_mask, fold = TRAIN_PROTOS[name]
+        cfg = B.make_cfg(overrides=["SOLVER.AMP.ENABLED", str(amp),
+                                    "TRAINER.AMP_DTYPE", "bfloat16"])
+        model = B.build_model(cfg)
+        B.calibrate_frozen_bn(model, batch["images"], batch["image_sizes"])
+        with patched(fold, False, heads_bf16):
+            if fg_mask:
+                StandardROIHeads._mask_loss = _mask_loss_foreground_only
+            try:
+                step = B.make_train_step(model, cfg, spec)
+                t0 = time.perf_counter()
+                loss = float(step(tensors))
+                first = time.perf_counter() - t0
+                wall, cpu = B.time_calls(lambda: step(tensors), opts.repeats, opts.warmup)
+            finally:
+                StandardROIHeads._mask_loss = original_mask_loss
+        rows.append({"variant": name, "step_s": wall, "step_cpu_s": cpu,
+                     "first_call_s": first, "loss": loss})
+        print("done", rows[-1], flush=True)
+    del tf_
+    print("# training prototypes, hw %s, batch 1, load %s" % (
+        tuple(opts.hw), " ".join("%.2f" % v for v in os.getloadavg())))
+    _print_table(rows, ["variant", "step_s", "step_cpu_s", "first_call_s", "loss"])
 
 
 def main(argv=None):
@@ -514,11 +611,13 @@ def main(argv=None):
     p.add_argument("--inter-threads", type=int, default=1)
     p.add_argument("--top", type=int, default=25)
     p.add_argument("--logdir", default="/tmp/tfmrcnn_trace")
-    p.add_argument("--only", nargs="*", choices=sorted(PROTOS))
+    p.add_argument("--only", nargs="*", choices=sorted(set(PROTOS) | set(TRAIN_PROTOS)))
     p.add_argument("--no-calibrate", action="store_true")
     opts = p.parse_args(argv)
     if ROOT not in sys.path:
         sys.path.insert(0, ROOT)
+    if opts.command == "proto" and opts.train:
+        return cmd_proto_train(opts)
     {"stages": cmd_stages, "ops": cmd_ops, "trace": cmd_trace, "proto": cmd_proto}[
         opts.command](opts)
 

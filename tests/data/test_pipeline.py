@@ -145,3 +145,18 @@ def test_per_process_batch_size():
     assert per_process_batch_size(16, 8) == 2
     with pytest.raises(ValueError, match="not divisible"):
         per_process_batch_size(16, 3)
+
+
+def test_instance_cap_and_no_masks_without_mask_head(tmp_path):
+    dicts = _write_dataset(tmp_path, SIZES[:4])
+    for d in dicts:                                      # a second instance per image
+        d["annotations"].append({"bbox": [30, 30, 6, 5], "category_id": 1, "iscrowd": 0,
+                                 "segmentation": [[30, 30, 36, 30, 36, 35, 30, 35]]})
+    cfg = _cfg()
+    (full,) = _take(build_train_dataset(cfg, dicts, 0, 1, seed=0), 1)
+    assert full["gt_classes"].shape[1] == 2 and (full["gt_classes"] >= 0).all()
+    cfg.TRAINER.MAX_GT_INSTANCES = 1
+    cfg.MODEL.MASK_ON = False
+    (capped,) = _take(build_train_dataset(cfg, dicts, 0, 1, seed=0), 1)
+    assert capped["gt_classes"].shape[1] == 1 and "gt_masks" not in capped
+    np.testing.assert_array_equal(capped["gt_boxes"][:, 0], full["gt_boxes"][:, 0])

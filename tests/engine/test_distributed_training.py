@@ -3,17 +3,21 @@ import os
 import pathlib
 import subprocess
 import sys
+import tempfile
 import time
 
 import numpy as np
 import pytest
 
 HERE = pathlib.Path(__file__).resolve().parent
+# the synthetic shapes set is generated once (file-locked) and shared by these tests
+SHAPES_DIR = os.path.join(tempfile.gettempdir(), "tfmrcnn_test_shapes")
 ROOT = HERE.parents[1]
 BIN = pathlib.Path(sys.executable).parent
 
 
 def _env(**extra):
+    extra.setdefault("TFMRCNN_SHAPES_DIR", os.environ.get("TFMRCNN_SHAPES_DIR", SHAPES_DIR))
     return dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2", PYTHONPATH=str(ROOT),
                 OMPI_ALLOW_RUN_AS_ROOT="1", OMPI_ALLOW_RUN_AS_ROOT_CONFIRM="1", **extra)
 

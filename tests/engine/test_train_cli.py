@@ -3,11 +3,14 @@ import os
 import pathlib
 import subprocess
 import sys
+import tempfile
 
 import pytest
 
 from tfmrcnn.cli.train import build_parser, main
 
+# the synthetic shapes set is generated once (file-locked) and shared by these tests
+SHAPES_DIR = os.path.join(tempfile.gettempdir(), "tfmrcnn_test_shapes")
 ROOT = pathlib.Path(__file__).resolve().parents[2]
 
 
@@ -17,6 +20,8 @@ def test_parser_defaults_and_flags():
     assert a.resume and not a.eval_only and a.opts == ["SOLVER.BASE_LR=0.1", "OUTPUT_DIR=x"]
     a = p.parse_args(["--config-file", "c.yaml", "--no-resume", "--eval-only"])
     assert not a.resume and a.eval_only
+    a = p.parse_intermixed_args(["--config-file", "c.yaml", "A.B=1", "--eval-only", "C=2"])
+    assert a.eval_only and a.opts == ["A.B=1", "C=2"]
     with pytest.raises(SystemExit):
         p.parse_args(["--config-file", "c.yaml", "--resume", "--no-resume"])
 
@@ -30,7 +35,7 @@ def test_unknown_config_key_is_reported(capsys):
 @pytest.mark.slow
 def test_train_evaluate_draw_and_resume(tmp_path):
     env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2", PYTHONPATH=str(ROOT),
-               TFMRCNN_SHAPES_DIR=os.environ.get("TFMRCNN_SHAPES_DIR", str(tmp_path / "shapes")))
+               TFMRCNN_SHAPES_DIR=os.environ.get("TFMRCNN_SHAPES_DIR", SHAPES_DIR))
     cmd = [sys.executable, "-m", "tfmrcnn.cli.train", "--config-file",
            str(ROOT / "configs" / "shapes_demo_cpu.yaml"), "--num-vis", "2",
            f"OUTPUT_DIR={tmp_path / 'out'}", "SOLVER.MAX_ITER=2", "SOLVER.IMS_PER_BATCH=2",
@@ -44,7 +49,9 @@ def test_train_evaluate_draw_and_resume(tmp_path):
     assert "| bbox |" in first.stdout and "| segm |" in first.stdout       # the AP table
     assert len(list((out / "vis").glob("*.png"))) == 2
     assert "iter: 1" in (out / "log.txt").read_text()
-    again = subprocess.run(cmd + ["--num-vis", "0"], capture_output=True, text=True, env=env,
-                           timeout=1800)
+    # --eval-only picks the newest checkpoint of OUTPUT_DIR and evaluates it
+    again = subprocess.run(cmd + ["--eval-only", "--num-vis", "0"], capture_output=True,
+                           text=True, env=env, timeout=1800)
     assert again.returncode == 0, again.stderr[-3000:]
-    assert "Resumed from" in (out / "log.txt").read_text()
+    assert "| bbox |" in again.stdout
+    assert f"Resumed from {out / 'model_final.npz'} at iteration 2" in (out / "log.txt").read_text()

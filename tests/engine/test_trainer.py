@@ -110,3 +110,21 @@ def test_nan_loss_stops_with_iteration_and_keeps_weights(hvd, tmp_path):
         np.testing.assert_array_equal(before, now.numpy())   # the NaN step was not applied
     assert trainer.checkpointer.find_latest()[2]["iteration"] == 3
     assert not (tmp_path / "model_final.npz").exists()
+
+
+def test_float16_loss_scaling_gives_the_same_update_and_is_checkpointed(hvd, tmp_path):
+    """The toy computes in float32, so scaling the loss by a power of two and unscaling the
+    gradients must give the fp32 result; the loss scale is part of the checkpoint."""
+    _, plain, _ = _train(hvd, tmp_path / "fp32", max_iter=6)
+    cfg = toy_cfg(tmp_path / "amp", max_iter=6, STEPS=(12,)).clone()
+    cfg.defrost()
+    cfg.SOLVER.AMP.ENABLED = True
+    cfg.TRAINER.AMP_DTYPE = "float16"
+    model = ToyModel(0)
+    trainer = Trainer(cfg.freeze(), model, hvd, toy_data_fn(4))
+    trainer.resume_or_load(resume=False)
+    trainer.train()
+    for a, b in zip(plain.variables, model.variables):
+        np.testing.assert_allclose(a.numpy(), b.numpy(), rtol=1e-5, atol=1e-6)
+    state = np.load(tmp_path / "amp" / "model_final.train_state.npz")
+    assert float(state["optimizer/loss_scale"]) == 2.0 ** 15

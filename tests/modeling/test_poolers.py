@@ -51,6 +51,11 @@ def test_level_boundaries_and_clamping():
     np.testing.assert_array_equal(got, [0, 0, 0, 1, 1, 2, 2, 3, 3])
 
 
+def test_degenerate_boxes_go_to_the_finest_level():
+    boxes = np.array([[10, 10, 5, 400], [0, 0, np.nan, 10], [0, 0, np.inf, 1000]], np.float32)
+    np.testing.assert_array_equal(assign_boxes_to_levels(boxes, 2, 5).numpy(), [0, 0, 0])
+
+
 def _pyramid(rng, n=2, c=3, img=(128, 160)):
     scales = [1 / 4, 1 / 8, 1 / 16, 1 / 32]
     feats = [rng.standard_normal((n, int(img[0] * s), int(img[1] * s), c)).astype(np.float32)

@@ -16,6 +16,7 @@ def _build(*args):
     return proc.stdout.strip().splitlines()
 
 
+@pytest.mark.slow  # two child processes importing TensorFlow
 def test_second_build_is_a_one_line_no_op():
     _build()  # builds only if sources or TF changed
     lines = _build()

@@ -40,8 +40,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="only evaluate (newest checkpoint of OUTPUT_DIR, else MODEL.WEIGHTS)")
     p.add_argument("--num-vis", type=int, default=8,
                    help="validation images drawn into OUTPUT_DIR/vis at the end (0: none)")
-    p.add_argument("opts", nargs=argparse.REMAINDER, metavar="KEY=VALUE",
-                   help="config overrides, e.g. SOLVER.BASE_LR=0.01 OUTPUT_DIR=out")
+    p.add_argument("opts", nargs="*", metavar="KEY=VALUE",
+                   help="config overrides, e.g. SOLVER.BASE_LR=0.01 OUTPUT_DIR=out (may be "
+                        "mixed with the options above; write negative numbers as KEY=-1)")
     return p
 
 
@@ -163,8 +164,8 @@ def print_ap_table(metrics) -> None:
 
 # ---------------------------------------------------------------------------- main
 def main(argv: Optional[List[str]] = None) -> int:
-    args = build_parser().parse_args(argv)
-    opts = [o for o in args.opts if o != "--"]
+    args = build_parser().parse_intermixed_args(argv)
+    opts = list(args.opts)
     from tfmrcnn.config import ConfigError, load_config
 
     try:

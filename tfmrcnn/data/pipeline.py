@@ -111,8 +111,8 @@ class ImageLoader:
     """
 
     def __init__(self, dataset_dicts: Sequence[dict], max_size: int, with_masks: bool,
-                 max_instances: int):
-        self.dicts, self.max_size = dataset_dicts, max_size
+                 max_instances: int, rgb: bool = False):
+        self.dicts, self.max_size, self.rgb = dataset_dicts, max_size, rgb
         self.with_masks, self.max_instances = with_masks, max_instances
         self._lock = threading.Lock()
         self.num_unreadable = 0
@@ -143,6 +143,8 @@ class ImageLoader:
             with self._lock:
                 self.num_unreadable += 1
             return self._placeholder()
+        if self.rgb:  # INPUT.FORMAT "RGB"; detectron2's default and ours is BGR
+            image = image[:, :, ::-1]
         h, w = image.shape[:2]
         if (h, w) != (record.get("height", h), record.get("width", w)):
             logger.warning("Image %s is %dx%d but its record says %dx%d; using the decoded size",
@@ -191,8 +193,10 @@ def build_train_dataset(cfg, dataset_dicts: Sequence[dict], rank: int, world_siz
         sizes, batch_size, rank, world_size, seed, cfg.INPUT.MIN_SIZE_TRAIN,
         cfg.INPUT.MIN_SIZE_TRAIN_SAMPLING, flip=_flip_enabled(cfg),
         group_by_aspect=cfg.DATALOADER.ASPECT_RATIO_GROUPING)
+    if cfg.INPUT.FORMAT not in ("BGR", "RGB"):
+        raise ValueError(f"INPUT.FORMAT={cfg.INPUT.FORMAT!r}: only 'BGR' or 'RGB'")
     loader = ImageLoader(dataset_dicts, cfg.INPUT.MAX_SIZE_TRAIN, with_masks,
-                         cfg.TRAINER.MAX_GT_INSTANCES)
+                         cfg.TRAINER.MAX_GT_INSTANCES, rgb=cfg.INPUT.FORMAT == "RGB")
 
     def records():
         for position, batch in sampler.batches(start_position):

@@ -14,7 +14,8 @@ def assign_boxes_to_levels(boxes, min_level, max_level, canonical_box_size=224,
     canonical_level, and each factor of 2 in size moves one level:
         level = floor(canonical_level + log2(sqrt(area) / canonical_box_size + 1e-8))
     clamped to [min_level, max_level]. Computed in float32 like detectron2. Boxes with negative
-    area (x1 < x0 or y1 < y0) count as empty and go to min_level.
+    area (x1 < x0 or y1 < y0) count as empty and go to min_level, as do non-finite boxes (so that
+    a diverging model still gets valid level indices).
 
     Args:
       boxes: (R, 4) xyxy in image pixels.
@@ -26,6 +27,7 @@ def assign_boxes_to_levels(boxes, min_level, max_level, canonical_box_size=224,
     size = tf.sqrt(tf.maximum(area, 0.0))  # (R,)
     level = tf.floor(canonical_level + tf.math.log(size / canonical_box_size + 1e-8) /
                      tf.math.log(2.0))
+    level = tf.where(tf.math.is_finite(level), level, float(min_level))
     level = tf.clip_by_value(level, float(min_level), float(max_level))
     return tf.cast(level, tf.int32) - min_level
 
