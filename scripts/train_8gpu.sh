@@ -32,19 +32,24 @@ fi
 CONFIG="$1"; shift
 NP="${NP:-8}"
 LAUNCHER="${LAUNCHER:-mpirun}"
-TRAIN="${TRAIN:-tfmrcnn-train}"
+TRAIN="${TRAIN:-tfmrcnn-train}"   # e.g. TRAIN="python -m tfmrcnn.cli.train" without the entry point
 export TF_CPP_MIN_LOG_LEVEL="${TF_CPP_MIN_LOG_LEVEL:-2}"
 export HOROVOD_STALL_SHUTDOWN_TIME_SECONDS="${HOROVOD_STALL_SHUTDOWN_TIME_SECONDS:-600}"
 
 if [ "$LAUNCHER" = "horovodrun" ]; then
+  # shellcheck disable=SC2086  # TRAIN may be a command with arguments
   exec horovodrun -np "$NP" -H "localhost:$NP" \
-    "$TRAIN" --config-file "$CONFIG" "$@"
+    $TRAIN --config-file "$CONFIG" "$@"
 else
-  ROOT_FLAG=()
-  if [ "$(id -u)" = 0 ]; then ROOT_FLAG=(--allow-run-as-root); fi
-  exec mpirun -np "$NP" "${ROOT_FLAG[@]}" -bind-to none -map-by slot \
-    -x NCCL_DEBUG=INFO -x LD_LIBRARY_PATH -x PATH -x PYTHONPATH \
-    -x TF_CPP_MIN_LOG_LEVEL -x HOROVOD_STALL_SHUTDOWN_TIME_SECONDS -x TFMRCNN_DATASETS \
-    -mca pml ob1 -mca btl ^openib \
-    "$TRAIN" --config-file "$CONFIG" "$@"
+  EXTRA=()
+  if [ "$(id -u)" = 0 ]; then EXTRA+=(--allow-run-as-root); fi
+  # forward these to every process when they are set (mpirun -x fails on unset names)
+  for var in LD_LIBRARY_PATH PYTHONPATH TF_CPP_MIN_LOG_LEVEL HOROVOD_STALL_SHUTDOWN_TIME_SECONDS \
+             TFMRCNN_DATASETS TFMRCNN_SHAPES_DIR TFMRCNN_WATCHDOG_SECONDS; do
+    if [ -n "${!var:-}" ]; then EXTRA+=(-x "$var"); fi
+  done
+  # shellcheck disable=SC2086
+  exec mpirun -np "$NP" "${EXTRA[@]}" -bind-to none -map-by slot \
+    -x NCCL_DEBUG=INFO -x PATH -mca pml ob1 -mca btl ^openib \
+    $TRAIN --config-file "$CONFIG" "$@"
 fi
