@@ -268,8 +268,9 @@ def group_infer(opts):
     _row(group="infer", case=case, stage="paste", seconds=wall, cpu_s=cpu,
          note="%d dets" % ndet)
     wall, cpu = time_calls(lambda: postprocess_all(infer(images, sizes), hw), rep, warm)
+    traces = sum(f.experimental_get_tracing_count() for f in (backbone, rpn, heads, infer))
     _row(group="infer", case=case, stage="end-to-end", seconds=wall, cpu_s=cpu,
-         note="first trace+run of all fns %.1f s" % trace_s)
+         note="first trace+run of all fns %.1f s; %d traces for 4 fns" % (trace_s, traces))
     _row(group="infer", case=case, stage="peak RSS MB", seconds=None, value=peak_rss_mb())
 
 
@@ -296,7 +297,8 @@ def group_train(opts):
         first = time.perf_counter() - t0
         wall, cpu = time_calls(lambda: step(tensors), rep, warm)
         _row(group="train", case="%s batch %d" % (case, b), stage="train step", seconds=wall,
-             cpu_s=cpu, note="first call (trace) %.1f s" % first)
+             cpu_s=cpu, note="first call %.1f s; traces so far %d" % (
+                 first, step.experimental_get_tracing_count()))
     _row(group="train", case=sizes[-1][3], stage="peak RSS MB", seconds=None,
          value=peak_rss_mb())
 
