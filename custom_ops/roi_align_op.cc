@@ -157,14 +157,10 @@ class RoiAlignCpuOp : public OpKernel {
     const Tensor& features = ctx->input(0);
     const Tensor& boxes = ctx->input(1);
     const Tensor& box_indices = ctx->input(2);
-    roi_align::Params p = attrs_;
-    OP_REQUIRES_OK(ctx, SetGeometry(features.shape(), &p));
+    roi_align::Params p;
     int64_t num_rois;
-    OP_REQUIRES_OK(ctx, CheckBoxes(boxes, box_indices, &num_rois));
     Tensor* output = nullptr;
-    OP_REQUIRES_OK(ctx, ctx->allocate_output(
-                            0, TensorShape({num_rois, p.pooled_h, p.pooled_w, p.channels}),
-                            &output));
+    OP_REQUIRES_OK(ctx, PrepareForward(ctx, attrs_, &p, &num_rois, &output));
     if (output->NumElements() == 0) return;
     OP_REQUIRES_OK(ctx, CheckIndices(box_indices, p.batch));
     float* out = output->flat<float>().data();
@@ -199,24 +195,10 @@ class RoiAlignGradCpuOp : public OpKernel {
     const Tensor& grad = ctx->input(0);
     const Tensor& boxes = ctx->input(1);
     const Tensor& box_indices = ctx->input(2);
-    const Tensor& shape_t = ctx->input(3);
-    OP_REQUIRES(ctx, shape_t.dims() == 1 && shape_t.NumElements() == 4,
-                absl::InvalidArgumentError("features_shape must be a (4,) int32 vector"));
-    TensorShape fshape;
-    const auto dims = shape_t.vec<int32_t>();
-    OP_REQUIRES_OK(ctx, tensorflow::TensorShapeUtils::MakeShape(dims.data(), 4, &fshape));
-    roi_align::Params p = attrs_;
-    OP_REQUIRES_OK(ctx, SetGeometry(fshape, &p));
+    roi_align::Params p;
     int64_t num_rois;
-    OP_REQUIRES_OK(ctx, CheckBoxes(boxes, box_indices, &num_rois));
-    OP_REQUIRES(ctx,
-                grad.dims() == 4 && grad.dim_size(0) == num_rois &&
-                    grad.dim_size(1) == p.pooled_h && grad.dim_size(2) == p.pooled_w &&
-                    grad.dim_size(3) == p.channels,
-                absl::InvalidArgumentError("grad must be (R, out_h, out_w, C), got " +
-                                           grad.shape().DebugString()));
     Tensor* dfeat = nullptr;
-    OP_REQUIRES_OK(ctx, ctx->allocate_output(0, fshape, &dfeat));
+    OP_REQUIRES_OK(ctx, PrepareBackward(ctx, attrs_, &p, &num_rois, &dfeat));
     if (dfeat->NumElements() == 0) return;
     OP_REQUIRES_OK(ctx, CheckIndices(box_indices, p.batch));
     float* d = dfeat->flat<float>().data();

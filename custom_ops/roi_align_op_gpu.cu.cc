@@ -43,14 +43,10 @@ class RoiAlignGpuOp : public OpKernel {
     const Tensor& features = ctx->input(0);
     const Tensor& boxes = ctx->input(1);
     const Tensor& box_indices = ctx->input(2);
-    roi_align::Params p = attrs_;
-    OP_REQUIRES_OK(ctx, SetGeometry(features.shape(), &p));
+    roi_align::Params p;
     int64_t num_rois;
-    OP_REQUIRES_OK(ctx, CheckBoxes(boxes, box_indices, &num_rois));
     Tensor* output = nullptr;
-    OP_REQUIRES_OK(ctx, ctx->allocate_output(
-                            0, TensorShape({num_rois, p.pooled_h, p.pooled_w, p.channels}),
-                            &output));
+    OP_REQUIRES_OK(ctx, PrepareForward(ctx, attrs_, &p, &num_rois, &output));
     if (output->NumElements() == 0) return;
     const cudaStream_t stream = ctx->eigen_device<GPUDevice>().stream();
     if (p.height == 0 || p.width == 0) {
@@ -82,24 +78,11 @@ class RoiAlignGradGpuOp : public OpKernel {
     const Tensor& grad = ctx->input(0);
     const Tensor& boxes = ctx->input(1);
     const Tensor& box_indices = ctx->input(2);
-    const Tensor& shape_t = ctx->input(3);  // host memory
-    OP_REQUIRES(ctx, shape_t.dims() == 1 && shape_t.NumElements() == 4,
-                absl::InvalidArgumentError("features_shape must be a (4,) int32 vector"));
-    TensorShape fshape;
-    const auto dims = shape_t.vec<int32_t>();
-    OP_REQUIRES_OK(ctx, tensorflow::TensorShapeUtils::MakeShape(dims.data(), 4, &fshape));
-    roi_align::Params p = attrs_;
-    OP_REQUIRES_OK(ctx, SetGeometry(fshape, &p));
+    roi_align::Params p;
     int64_t num_rois;
-    OP_REQUIRES_OK(ctx, CheckBoxes(boxes, box_indices, &num_rois));
-    OP_REQUIRES(ctx,
-                grad.dims() == 4 && grad.dim_size(0) == num_rois &&
-                    grad.dim_size(1) == p.pooled_h && grad.dim_size(2) == p.pooled_w &&
-                    grad.dim_size(3) == p.channels,
-                absl::InvalidArgumentError("grad must be (R, out_h, out_w, C), got " +
-                                           grad.shape().DebugString()));
     Tensor* dfeat = nullptr;
-    OP_REQUIRES_OK(ctx, ctx->allocate_output(0, fshape, &dfeat));
+    OP_REQUIRES_OK(ctx, PrepareBackward(ctx, attrs_, &p, &num_rois, &dfeat));
+    const TensorShape& fshape = dfeat->shape();
     if (dfeat->NumElements() == 0) return;
     const cudaStream_t stream = ctx->eigen_device<GPUDevice>().stream();
     // float32 accumulator: the output itself for float, a temporary for 16-bit types.
