@@ -19,7 +19,7 @@ from typing import Sequence, Tuple
 import tensorflow as tf
 
 # detectron2's default clamp for dw/dh: no box grows past 1000/16 times its reference size
-_DEFAULT_SCALE_CLAMP = math.log(1000.0 / 16)
+DEFAULT_SCALE_CLAMP = math.log(1000.0 / 16)
 
 
 class Box2BoxTransform:
@@ -35,7 +35,7 @@ class Box2BoxTransform:
     dtype, as detectron2 does.
     """
 
-    def __init__(self, weights: Sequence[float], scale_clamp: float = _DEFAULT_SCALE_CLAMP):
+    def __init__(self, weights: Sequence[float], scale_clamp: float = DEFAULT_SCALE_CLAMP):
         if len(weights) != 4:
             raise ValueError(f"need 4 weights, got {weights}")
         self.weights = tuple(float(w) for w in weights)
@@ -215,3 +215,12 @@ def batched_nms_padded(boxes, scores, iou_threshold: float, max_output_size: int
     keep_valid = tf.range(max_output_size)[None, :] < num[:, None]
     keep_valid = tf.logical_and(keep_valid, tf.gather(valid, keep, batch_dims=1))
     return tf.where(keep_valid, keep, 0), keep_valid
+
+
+def smooth_l1_loss(diff, beta: float):
+    """fvcore's smooth L1 of a difference, elementwise: 0.5 d^2 / beta below beta, |d| - beta/2
+    above; plain |d| (detectron2's L1 box loss) when beta < 1e-5."""
+    absdiff = tf.abs(diff)
+    if beta < 1e-5:
+        return absdiff
+    return tf.where(absdiff < beta, 0.5 * tf.square(diff) / beta, absdiff - 0.5 * beta)

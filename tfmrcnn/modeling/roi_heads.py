@@ -19,7 +19,6 @@ Conventions
 """
 from __future__ import annotations
 
-import math
 from typing import Dict, List, NamedTuple
 
 import tensorflow as tf
@@ -33,17 +32,9 @@ from tfmrcnn.modeling.norm import get_norm
 from tfmrcnn.modeling.poolers import ROIPooler
 
 # detectron2's _DEFAULT_SCALE_CLAMP: largest dw/dh applied when decoding
-SCALE_CLAMP = math.log(1000.0 / 16)
+SCALE_CLAMP = box_ops.DEFAULT_SCALE_CLAMP
 # proposals covered at least this much by a crowd region are never background samples
 CROWD_IOA_THRESH = 0.5
-
-
-def smooth_l1_loss(diff, beta: float):
-    """fvcore's smooth_l1_loss of a difference, elementwise; plain |diff| when beta < 1e-5."""
-    absdiff = tf.abs(diff)
-    if beta < 1e-5:
-        return absdiff
-    return tf.where(absdiff < beta, 0.5 * tf.square(diff) / beta, absdiff - 0.5 * beta)
 
 
 class FastRCNNConvFCHead(tf.Module):
@@ -248,7 +239,7 @@ class FastRCNNOutputLayers(tf.Module):
         tgt = tf.where(fg[..., None], samples.gt_boxes, unit)
         target = tf.stop_gradient(self.box2box.get_deltas(src, tgt))  # (B, S, 4)
         pred = self._class_deltas(tf.cast(deltas, tf.float32), samples.classes)  # (B, S, 4)
-        l1 = tf.reduce_sum(smooth_l1_loss(pred - target, self.smooth_l1_beta), axis=-1)
+        l1 = tf.reduce_sum(box_ops.smooth_l1_loss(pred - target, self.smooth_l1_beta), axis=-1)
         loss_box = tf.reduce_sum(tf.where(fg, l1, 0.0)) / num_sampled
         return {"loss_cls": loss_cls, "loss_box_reg": loss_box * self.box_loss_weight}
 

@@ -59,14 +59,6 @@ class RPNHead(NamedModule):
         return objectness, deltas
 
 
-def smooth_l1(x, beta: float):
-    """Elementwise smooth L1 of the difference x; beta < 1e-5 is plain |x| (detectron2)."""
-    ax = tf.abs(x)
-    if beta < 1e-5:
-        return ax
-    return tf.where(ax < beta, 0.5 * tf.square(ax) / beta, ax - 0.5 * beta)
-
-
 class RPN(tf.Module):
     """detectron2's RPN on a list of feature maps, batched over images with padding.
 
@@ -191,7 +183,7 @@ class RPN(tf.Module):
         gt_deltas = self.box2box_transform.get_deltas(anchors[None], matched_gt_boxes)
         # non-positive anchors may match a zero box (log 0): keep their targets finite
         gt_deltas = tf.stop_gradient(tf.where(pos[..., None], gt_deltas, 0.0))
-        loc = smooth_l1(tf.cast(pred_deltas, tf.float32) - gt_deltas, self.smooth_l1_beta)
+        loc = box_ops.smooth_l1_loss(tf.cast(pred_deltas, tf.float32) - gt_deltas, self.smooth_l1_beta)
         loc = tf.reduce_sum(tf.where(pos[..., None], loc, 0.0))
         bce = tf.nn.sigmoid_cross_entropy_with_logits(labels=tf.cast(pos, tf.float32),
                                                       logits=tf.cast(pred_objectness, tf.float32))
