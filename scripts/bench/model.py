@@ -13,7 +13,8 @@ all threads, the steadier number on a shared machine):
          (`make_inference_fn` + paste). MODEL.ROI_HEADS.SCORE_THRESH_TEST = 0.0: random weights
          give class probabilities near 1/81, below the default 0.05, so the default would give
          no detection; 0.0 gives the full 100 detections (and 80 x 1000 NMS candidates).
-         With --bf16 (or the bf16 group) the same with TEST.BF16_INFERENCE.
+         The bf16 rows (TEST.BF16_INFERENCE) are added when TFMRCNN_BENCH_BF16=1 is set
+         (the driver has no --bf16 flag); a worker alone: --worker infer --bf16.
   train  one training step (forward, backward, SGD update) at batch 1, 800x1333, R50-FPN
          defaults (FREEZE_AT 2, 512 ROIs/image), 10 GT instances; and the shapes demo config
          (configs/shapes_demo_cpu.yaml, R18-half, BN) at batch 1 and 2 at its image size
