@@ -57,9 +57,27 @@ def check_world_size(hvd_size: int, environ=None) -> None:
             "`horovodrun --check-build`.")
 
 
+CPU_CYCLE_TIME_MS = 5
+
+
+def _has_gpu() -> bool:
+    import tensorflow as tf
+
+    return bool(tf.config.list_physical_devices("GPU"))
+
+
 def init_horovod():
-    """``hvd.init()`` with our stall default, then the world-size check; returns the module."""
+    """``hvd.init()`` with our stall and cycle defaults, then the world-size check.
+
+    On CPU-only hosts Horovod's background thread negotiates over Gloo/TCP every cycle
+    (default 1 ms) even when idle: measured on 2 cores, each of 2 idle processes spent 2.2 s of
+    CPU per 8 s (27 % of a core) doing it, against 0.35 s with a 20 ms cycle, and a 2-process
+    SyncBN demo step went from 2.5 s to 1.8 s with 5 ms. 5 ms keeps the ~40 SyncBN
+    all-reduces of a step cheap. GPU hosts keep Horovod's default; the user's setting wins.
+    """
     os.environ.setdefault("HOROVOD_STALL_SHUTDOWN_TIME_SECONDS", "600")
+    if not _has_gpu():
+        os.environ.setdefault("HOROVOD_CYCLE_TIME", str(CPU_CYCLE_TIME_MS))
     try:
         import horovod.tensorflow as hvd
     except ImportError as e:  # pragma: no cover - depends on the installation
