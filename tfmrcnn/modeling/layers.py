@@ -82,19 +82,37 @@ class Conv2D(NamedModule):
 
     def __call__(self, x, training: bool = False):
         # x: (N, H, W, Cin) -> (N, H', W', Cout)
+        weight, bias, norm = self.weight, self.bias, self.norm
+        affine = _frozen_affine(norm)
+        if affine is not None:
+            # conv(x, w) * scale + shift == conv(x, w * scale) + shift: a fixed affine norm
+            # folds into the weights (computed in float32, per call, so the variables and
+            # checkpoints stay detectron2's), leaving Conv2D + BiasAdd + Relu for oneDNN to fuse
+            scale, shift = affine  # (Cout,) each
+            weight = weight * scale  # HWIO: scales the output channels
+            bias = shift if bias is None else shift + bias * scale
+            norm = None
         if self.padding:
             p = self.padding
             x = tf.pad(x, [[0, 0], [p, p], [p, p], [0, 0]])
-        w = tf.cast(self.weight, x.dtype)
-        x = tf.nn.conv2d(x, w, strides=self.stride, padding="VALID",
+        x = tf.nn.conv2d(x, tf.cast(weight, x.dtype), strides=self.stride, padding="VALID",
                          dilations=self.dilation)
-        if self.bias is not None:
-            x = tf.nn.bias_add(x, tf.cast(self.bias, x.dtype))
-        if self.norm is not None:
-            x = self.norm(x, training=training)
+        if bias is not None:
+            x = tf.nn.bias_add(x, tf.cast(bias, x.dtype))
+        if norm is not None:
+            x = norm(x, training=training)
         if self.activation is not None:
             x = self.activation(x)
         return x
+
+
+def _frozen_affine(norm):
+    """(scale, shift) float32 (C,) of a FrozenBN norm, whose output is x * scale + shift; None
+    for any other norm (batch statistics or GN cannot be folded into a conv)."""
+    from tfmrcnn.modeling.norm import FrozenBN  # norm.py imports this module
+    if not isinstance(norm, FrozenBN):
+        return None
+    return norm.scale_shift()
 
 
 class ConvTranspose2D(NamedModule):
