@@ -3,13 +3,14 @@
 Runs the command of scripts/demo.sh (horovodrun -np 2 --gloo tfmrcnn-train with
 configs/shapes_demo_cpu.yaml, one intra-op thread per process) with an 80-iteration schedule
 that fits the CI budget (<= 4 minutes on 2 cores: ~15 s start, ~55 s tracing, ~1.5 s/iteration,
-~20 s evaluation), then checks what a detector that learns must show: every loss term fell
-from its initial value, and box / mask AP on the 100 shapes_val images are above chance.
+~20 s evaluation), then checks what a detector that learns must show: the objectness,
+classification and mask losses fell from their chance values (box regression losses grow at
+first, as more proposals become foreground), and box / mask AP on the 100 shapes_val images are above chance.
 
-Chance level: an untrained model's boxes come from random RPN scores and rarely reach the IoU
->= 0.5 that COCO AP@[.50:.95] needs; after 60 iterations of this schedule (warm-up still
-rising) box / mask AP were 0.68 / 0.92. The AP thresholds are about half of what SHORT_RUN
-measured when this file was written (see MEASURED), a margin for platform differences.
+Chance level, measured with the untrained model (--eval-only, random init, SEED 42): box AP
+0.015, mask AP 0.000. SHORT_RUN reached 0.35 / 0.48 (MEASURED); the thresholds are half of that,
+still > 10x chance, a margin for platform differences. (80 iterations are far from the demo's
+500: there box / mask AP reach 13 / 15, so only "learns at all" is checkable in 4 minutes.)
 """
 import json
 import os
@@ -34,8 +35,8 @@ SHORT_RUN = [
     "TRAINER.LOG_PERIOD=10",
     "TEST.EVAL_PERIOD=0",
 ]
-MEASURED = {"bbox": None, "segm": None}  # AP (percent) of SHORT_RUN on the reference machine
-MIN_AP = {"bbox": 0.3, "segm": 0.3}      # percent
+MEASURED = {"bbox": 0.353, "segm": 0.475}  # AP (percent) of SHORT_RUN on the 2-core machine
+MIN_AP = {"bbox": 0.17, "segm": 0.23}      # percent, ~half of MEASURED
 
 _LOSS_LINE = re.compile(r"iter: (\d+)\s+(.*?)\s+time:")
 
