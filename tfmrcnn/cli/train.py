@@ -23,6 +23,9 @@ from typing import List, Optional
 __all__ = ["build_parser", "main"]
 
 logger = logging.getLogger("tfmrcnn.cli.train")
+# pictures show detections from this score: a short demo run rarely passes 0.5, and an empty
+# picture tells a person less than a few low-confidence guesses
+VIS_SCORE_THRESHOLD = 0.3
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -100,7 +103,7 @@ def make_train_vis_fn(cfg, model, num_images=2):
             h, w = sizes[i]
             canvas = images[i, :h, :w].astype(np.uint8)
             drawn = draw_instances(canvas, out["boxes"], out["classes"], out["scores"],
-                                   class_names=names, score_threshold=0.5)
+                                   class_names=names, score_threshold=VIS_SCORE_THRESHOLD)
             pictures.append(drawn[:, :, ::-1])
         hmax = max(p.shape[0] for p in pictures)
         wmax = max(p.shape[1] for p in pictures)
@@ -143,7 +146,8 @@ def write_val_pictures(cfg, model, num_images: int) -> List[str]:
         outputs = {k: v.numpy() for k, v in infer(batch, sizes).items()}
         result = detector_postprocess(outputs, sizes[0], image.shape[:2])
         drawn = draw_instances(image, result["boxes"], result["classes"], result["scores"],
-                               masks=result.get("masks"), class_names=names, score_threshold=0.5)
+                               masks=result.get("masks"), class_names=names,
+                               score_threshold=VIS_SCORE_THRESHOLD)
         path = os.path.join(out_dir, os.path.splitext(os.path.basename(record["file_name"]))[0] + ".png")
         cv2.imwrite(path, drawn)
         written.append(path)
