@@ -12,9 +12,9 @@ Mixed precision: with SOLVER.AMP.ENABLED the training forward runs backbone, FPN
 TRAINER.AMP_DTYPE (layers cast their float32 weights to the input's dtype; norms compute their
 statistics in float32); the RPN and ROI heads cast their outputs to float32, so anchors, box
 decoding, proposals, sampling and losses stay float32. TEST.BF16_INFERENCE does the same for
-inference in bfloat16. Variables are always float32. The ROI heads get float32 feature maps for
-now (`_roi_features`): the RoiAlign kernels are float32-only, so the box and mask heads run in
-float32 under mixed precision.
+inference in bfloat16. Variables are always float32. The ROI heads pool in float32 (the
+RoiAlign kernels are float32-only) and cast the pooled features back, so the box and mask heads
+run in the low dtype too; their logits and deltas are cast to float32.
 """
 from __future__ import annotations
 
@@ -94,8 +94,8 @@ class GeneralizedRCNN(tf.Module):
         return self.backbone(self.normalize(images, image_sizes, dtype), training=training)
 
     def _roi_features(self, features) -> List[tf.Tensor]:
-        # ROIAlign has float32 kernels only (torchvision's autocast also pools in float32)
-        return [tf.cast(features[f], tf.float32) for f in self.roi_in_features]
+        # in their own dtype: the ROI heads pool in float32 and run the heads in this dtype
+        return [features[f] for f in self.roi_in_features]
 
     def compute_losses(self, batch: Dict[str, tf.Tensor],
                        training: bool = True) -> Dict[str, tf.Tensor]:

@@ -12,8 +12,8 @@ Conventions
   ``roi_heads.box_head.fc1.weight``.
 - Training samples a fixed S = BATCH_SIZE_PER_IMAGE slots per image: foreground first, then
   background, then padding (validity 0). subsample_labels caps the foreground at
-  int(S * POSITIVE_FRACTION) = F, so the first F slots hold every foreground ROI and the mask
-  head runs on those F slots only, weighted by their foreground flag.
+  int(S * POSITIVE_FRACTION) = F, so the first F slots hold every foreground ROI; the mask
+  head runs on the foreground rows gathered from those F slots (a dynamic count).
 - Both box losses are divided by the number of sampled ROIs of all images together
   (detectron2's ``gt_classes.numel()``).
 """
@@ -337,18 +337,28 @@ class StandardROIHeads(tf.Module):
             self.mask_head = MaskRCNNConvUpsampleHead(cfg, in_channels)
             self.mask_size = 2 * mcfg.POOLER_RESOLUTION
 
+    @staticmethod
+    def _pool(pooler, features_list, boxes, indices):
+        """ROIAlign in float32 (its kernels are float32-only, as torchvision's autocast pools),
+        the pooled (R, h, w, C) cast back to the features' dtype: under mixed precision the
+        heads then run in bfloat16 / float16."""
+        x = pooler([tf.cast(f, tf.float32) for f in features_list], boxes, indices)
+        return tf.cast(x, features_list[0].dtype)
+
     def _box_outputs(self, features_list, boxes, training: bool):
-        """boxes (B, R, 4) -> class logits (B, R, K+1), deltas (B, R, 4K')."""
+        """boxes (B, R, 4) -> float32 class logits (B, R, K+1), deltas (B, R, 4K')."""
         flat, indices = _flatten_rois(boxes)
-        x = self.box_pooler(features_list, flat, indices)  # (B*R, 7, 7, C)
+        x = self._pool(self.box_pooler, features_list, flat, indices)  # (B*R, 7, 7, C)
         logits, deltas = self.box_predictor(self.box_head(x, training=training))
         b, r = tf.shape(boxes)[0], tf.shape(boxes)[1]
-        return (tf.reshape(logits, tf.stack([b, r, -1])), tf.reshape(deltas, tf.stack([b, r, -1])))
+        # box decoding, scores and losses stay float32
+        return (tf.reshape(tf.cast(logits, tf.float32), tf.stack([b, r, -1])),
+                tf.reshape(tf.cast(deltas, tf.float32), tf.stack([b, r, -1])))
 
     def _mask_logits(self, features_list, boxes, training: bool):
-        """boxes (B, R, 4) -> mask logits (B*R, 28, 28, K')."""
+        """boxes (B, R, 4) -> mask logits (B*R, 28, 28, K') in the features' dtype."""
         flat, indices = _flatten_rois(boxes)
-        x = self.mask_pooler(features_list, flat, indices)  # (B*R, 14, 14, C)
+        x = self._pool(self.mask_pooler, features_list, flat, indices)  # (B*R, 14, 14, C)
         return self.mask_head(x, training=training)
 
     # No Python control flow depends on tensor values here, so AutoGraph is skipped: converting
@@ -377,14 +387,29 @@ class StandardROIHeads(tf.Module):
         return out
 
     def _mask_loss(self, features_list, samples: ROISamples, gt_masks, training: bool):
+        """Mask loss on the foreground ROIs of all images, gathered into N = #foreground rows
+        (a dynamic count, as in detectron2): background and padding slots never reach the mask
+        head. Without foreground the loss is 0."""
         f = self.sampler.max_foreground  # every foreground ROI sits in the first F slots
-        boxes = samples.boxes[:, :f]  # (B, F, 4)
-        logits = self._mask_logits(features_list, boxes, training)  # (B*F, M, M, K')
-        targets = mask_rcnn_targets(gt_masks, boxes, samples.gt_indices[:, :f],
-                                    self.mask_size)  # (B, F, M, M)
-        return mask_rcnn_loss(logits, tf.reshape(samples.classes[:, :f], [-1]),
-                              tf.reshape(targets, tf.stack([-1, self.mask_size, self.mask_size])),
-                              tf.reshape(samples.foreground[:, :f], [-1]))
+        fg = samples.foreground[:, :f]  # (B, F) bool
+        n = tf.reduce_sum(tf.cast(fg, tf.int32))
+        # at least one row (slot (0, 0), weight 0): an empty batch would reach the convs, whose
+        # CPU kernels return a wrong spatial shape for 0 rows
+        rows = tf.concat([tf.cast(tf.where(fg), tf.int32), tf.zeros([1, 2], tf.int32)], 0)
+        rows = rows[:tf.maximum(n, 1)]  # (N', 2) (image, slot)
+        weights = tf.cast(tf.range(tf.shape(rows)[0]) < n, tf.float32)  # (N',)
+        image = rows[:, 0]
+        boxes = tf.gather_nd(samples.boxes, rows)  # (N', 4)
+        classes = tf.gather_nd(samples.classes, rows)  # (N',)
+        x = self._pool(self.mask_pooler, features_list, boxes, image)  # (N', 14, 14, C)
+        logits = self.mask_head(x, training=training)  # (N', M, M, K')
+        # targets: the B images' G masks as one stack of B*G, indexed per row
+        shape = tf.shape(gt_masks)  # (B, G, Hp, Wp)
+        stack_index = image * shape[1] + tf.gather_nd(samples.gt_indices, rows)  # (N',)
+        stack = tf.reshape(gt_masks, tf.stack([1, shape[0] * shape[1], shape[2], shape[3]]))
+        targets = mask_rcnn_targets(stack, boxes[None], stack_index[None],
+                                    self.mask_size)[0]  # (N', M, M)
+        return mask_rcnn_loss(logits, classes, targets, weights)
 
     @tf.autograph.experimental.do_not_convert
     def inference(self, features_list, proposals, proposal_valid, image_sizes):
