@@ -48,6 +48,7 @@ import os
 import re
 import sys
 import time
+from unittest import mock
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -368,12 +369,15 @@ def _calibrate_graph_bn(tf, sess, graph, model, feed):
 
     with graph.as_default():
         FrozenBN.__call__ = recording
+        fold_off = mock.patch("tfmrcnn.modeling.layers._frozen_affine", lambda norm: None)
+        fold_off.start()  # folded convs would bypass FrozenBN.__call__
         try:
             images = [t for t in feed if t.name.startswith("images")][0]
             sizes = [t for t in feed if t.name.startswith("image_sizes")][0]
             model.features(images, sizes, False, tf.float32)
         finally:
             FrozenBN.__call__ = original
+            fold_off.stop()
         values = sess.run([(m, v) for _, m, v in stats], feed)
         for (bn, _, _), (m, v) in zip(stats, values):
             bn.running_mean.load(m, sess)

@@ -32,6 +32,7 @@ import statistics
 import subprocess
 import sys
 import time
+from unittest import mock
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 DEMO_CONFIG = os.path.join(ROOT, "configs", "shapes_demo_cpu.yaml")
@@ -136,10 +137,13 @@ def calibrate_frozen_bn(model, images, image_sizes):
         return original(self, x, training)
 
     FrozenBN.__call__ = calibrating  # only for this eager pass
-    try:
-        model.features(tf.constant(images), tf.constant(image_sizes), False, tf.float32)
-    finally:
-        FrozenBN.__call__ = original
+    # convs fold a FrozenBN into their weights (layers._frozen_affine) and never call it:
+    # switch the fold off so that every FrozenBN sees its input
+    with mock.patch("tfmrcnn.modeling.layers._frozen_affine", lambda norm: None):
+        try:
+            model.features(tf.constant(images), tf.constant(image_sizes), False, tf.float32)
+        finally:
+            FrozenBN.__call__ = original
 
 
 def make_train_step(model, cfg, spec, lr: float = 1e-4):
