@@ -127,24 +127,20 @@ def write_val_pictures(cfg, model, num_images: int) -> List[str]:
     import cv2
 
     from tfmrcnn.evaluation.inference import get_dataset_dicts, read_image_bgr
-    from tfmrcnn.evaluation.resize import prepare_eval_images
-    from tfmrcnn.modeling.postprocess import detector_postprocess
+    from tfmrcnn.export.predictor import Predictor
     from tfmrcnn.utils.visualize import draw_instances
 
     if num_images <= 0 or not cfg.DATASETS.TEST:
         return []
     name = cfg.DATASETS.TEST[0]
-    infer = model.make_inference_fn()
+    predictor = Predictor(cfg, model)  # the same resize -> model -> rescale -> paste as predict
     names = _class_names(name)
     out_dir = os.path.join(cfg.OUTPUT_DIR, "vis")
     os.makedirs(out_dir, exist_ok=True)
     written = []
     for record in get_dataset_dicts(name)[:num_images]:
         image = read_image_bgr(record["file_name"])
-        batch, sizes = prepare_eval_images([image], cfg.INPUT.MIN_SIZE_TEST, cfg.INPUT.MAX_SIZE_TEST,
-                                           cfg.INPUT.SIZE_DIVISIBILITY)
-        outputs = {k: v.numpy() for k, v in infer(batch, sizes).items()}
-        result = detector_postprocess(outputs, sizes[0], image.shape[:2])
+        result = predictor([image])[0]
         drawn = draw_instances(image, result["boxes"], result["classes"], result["scores"],
                                masks=result.get("masks"), class_names=names,
                                score_threshold=VIS_SCORE_THRESHOLD)
