@@ -109,12 +109,8 @@ class Conv2D(NamedModule):
 def _frozen_affine(norm):
     """(scale, shift) float32 (C,) of a FrozenBN norm, whose output is x * scale + shift; None
     for any other norm (batch statistics or GN cannot be folded into a conv)."""
-    from tfmrcnn.modeling.norm import EPS, FrozenBN  # norm.py imports this module
-    if not isinstance(norm, FrozenBN):
-        return None
-    # FrozenBN's own formula (norm.py does not expose it as a function)
-    scale = norm.weight * tf.math.rsqrt(norm.running_var + EPS)
-    return scale, norm.bias - norm.running_mean * scale
+    from tfmrcnn.modeling.norm import FrozenBN  # norm.py imports this module
+    return norm.scale_shift() if isinstance(norm, FrozenBN) else None
 
 
 class ConvTranspose2D(NamedModule):

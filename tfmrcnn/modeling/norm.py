@@ -54,9 +54,13 @@ class FrozenBN(Norm):
 
     def __call__(self, x, training: bool = False):
         # x: (N, H, W, C); training is ignored, a frozen BN never uses batch statistics
-        scale = self.weight * tf.math.rsqrt(self.running_var + EPS)  # (C,)
-        shift = self.bias - self.running_mean * scale  # (C,)
+        scale, shift = self.scale_shift()
         return x * tf.cast(scale, x.dtype) + tf.cast(shift, x.dtype)
+
+    def scale_shift(self):
+        """float32 (C,) scale and shift with y = x * scale + shift (also folded into convs)."""
+        scale = self.weight * tf.math.rsqrt(self.running_var + EPS)
+        return scale, self.bias - self.running_mean * scale
 
 
 class BatchNorm(Norm):
