@@ -3,6 +3,7 @@
 
     python scripts/profile_model.py stages  [--hw 800 1333] [--bf16] [--repeats 3]
     python scripts/profile_model.py ops     [--hw 800 1333] [--train] [--top 25]
+                                            [--config-file F --batch B --num-gt G] [KEY VALUE ...]
     python scripts/profile_model.py trace   --logdir /tmp/tfmrcnn_trace [--train]
     python scripts/profile_model.py proto   [--hw 800 1333] [--only NAME ...]
     python scripts/profile_model.py proto   --train [--hw 800 1333] [--only NAME ...]
@@ -298,10 +299,12 @@ def cmd_ops(opts):
     tf1 = tf.compat.v1
     graph = tf.Graph()
     with graph.as_default(), named_scopes(tf):
-        cfg = B.make_cfg(overrides=["MODEL.ROI_HEADS.SCORE_THRESH_TEST", "0.0"])
+        cfg = B.make_cfg(opts.config_file,
+                         overrides=["MODEL.ROI_HEADS.SCORE_THRESH_TEST", "0.0"] + opts.opts)
         with tf.name_scope("model"):  # graph mode rejects tf.Module's "_Conv" as a root scope
             model = B.build_model(cfg)
-        batch = B.synthetic_batch(1, tuple(opts.hw), 10, 80, masks=opts.train)
+        batch = B.synthetic_batch(opts.batch, tuple(opts.hw), opts.num_gt,
+                                  cfg.MODEL.ROI_HEADS.NUM_CLASSES, masks=opts.train)
         feeds = {k: tf1.placeholder(tf.as_dtype(v.dtype), [None] * v.ndim, name=k)
                  for k, v in batch.items()}
         feeds["images"].set_shape([None, None, None, 3])
@@ -617,6 +620,11 @@ def main(argv=None):
     p.add_argument("--logdir", default="/tmp/tfmrcnn_trace")
     p.add_argument("--only", nargs="*", choices=sorted(set(PROTOS) | set(TRAIN_PROTOS)))
     p.add_argument("--no-calibrate", action="store_true")
+    p.add_argument("--config-file", default=None,
+                   help="ops: profile this config (e.g. configs/shapes_demo_cpu.yaml) not R50")
+    p.add_argument("--batch", type=int, default=1, help="ops: images per step")
+    p.add_argument("--num-gt", type=int, default=10, help="ops: GT instances per image")
+    p.add_argument("opts", nargs="*", default=[], help="ops: config overrides KEY VALUE ...")
     opts = p.parse_args(argv)
     if ROOT not in sys.path:
         sys.path.insert(0, ROOT)

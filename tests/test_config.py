@@ -166,7 +166,7 @@ def test_3x_configs(name, depth):
 
 def test_shapes_demo_config():
     cfg = load_config(os.path.join(CONFIG_DIR, "shapes_demo_cpu.yaml"))
-    assert cfg.MODEL.RESNETS.DEPTH == 18 and cfg.MODEL.RESNETS.NORM == "SyncBN"
+    assert cfg.MODEL.RESNETS.DEPTH == 18 and cfg.MODEL.RESNETS.NORM == "GN"
     assert cfg.MODEL.BACKBONE.FREEZE_AT == 0 and cfg.MODEL.WEIGHTS == ""
     assert cfg.MODEL.ROI_HEADS.NUM_CLASSES == 3
     assert cfg.MODEL.ANCHOR_GENERATOR.SIZES == [[16], [32], [64], [128], [256]]

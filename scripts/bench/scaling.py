@@ -2,16 +2,19 @@
 
 The same training loop (tfmrcnn.engine.trainer.make_train_step: losses, Horovod-averaged
 gradients, loss allreduce for the log, SGD) on the shapes demo config (configs/
-shapes_demo_cpu.yaml: R18-half + FPN 64, SyncBN, 2 images of 192x256 per process) is launched
+shapes_demo_cpu.yaml: R18-half + FPN 64, GN, 2 images of 192x256 per process) is launched
 with ``horovodrun -np N -H localhost:N --gloo`` for N = 1 and N = 2, each process with 1
 intra-op and 1 inter-op thread. Weak scaling: every process keeps its 2 images per step, so
 perfect scaling doubles the images/s:
 
     efficiency = images/s (2 processes) / (2 x images/s (1 process))
 
-images/s = N x 2 images / (median step wall time of rank 0 after warm-up). A second pair of runs
-with MODEL.RESNETS.NORM = BN (per-process statistics: no allreduce inside the forward and
-backward) separates the cost of SyncBN's per-layer allreduces from the gradient allreduce.
+images/s = N x 2 images / (median step wall time of rank 0 after warm-up), for each backbone norm
+in NORMS: GN (the demo's) and BN have no communication inside the forward and backward passes,
+SyncBN adds one allreduce per norm layer and direction. A third run per norm starts 2
+single-process workers side by side with no Horovod at all: the slower one's images/s against
+2 x the single worker's is the ceiling this machine allows (both cores' shared caches and
+memory bandwidth), so "weak scaling / ceiling" is the part that communication costs.
 cpu_s is the CPU time of rank 0 per step: with a busy machine, the wall numbers measure the
 other jobs as much as ours (2 processes need both cores to themselves).
 
@@ -32,6 +35,9 @@ import time
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 MARKER = "SCALING_ROW "
 IMAGES_PER_PROCESS = 2
+# GN: the demo's norm (no communication in the forward pass); BN: per-process statistics;
+# SyncBN: one allreduce per norm layer and direction
+NORMS = ("GN", "BN", "SyncBN")
 
 
 def _bench_model():
@@ -100,6 +106,25 @@ def launch(num_proc: int, norm: str, steps: int, warmup: int, timeout: int = 900
     return out
 
 
+def launch_independent(num_proc: int, norm: str, steps: int, warmup: int, timeout: int = 900):
+    """`num_proc` single-process workers at the same time, no Horovod between them: the
+    machine's own ceiling for weak scaling (shared caches, memory bandwidth, turbo), which no
+    communication setting can beat. Returns the slowest worker's measurement."""
+    cmd = [sys.executable, os.path.abspath(__file__), "--worker", "--norm", norm,
+           "--steps", str(steps), "--warmup", str(warmup)]
+    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2", PYTHONPATH=ROOT)
+    procs = [subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                              text=True) for _ in range(num_proc)]
+    found, errors = [], []
+    for proc in procs:
+        out, err = proc.communicate(timeout=timeout)
+        rows = [json.loads(line.split(MARKER, 1)[1]) for line in out.splitlines() if MARKER in line]
+        (found.extend(rows) if proc.returncode == 0 and rows else errors.append(err[-300:]))
+    if errors:
+        return {"error": errors[0].strip()}
+    return max(found, key=lambda r: r["step_s"])
+
+
 def run(args):
     """The driver's entry point (scripts/benchmark.py scaling [--quick])."""
     if not _horovodrun():
@@ -107,20 +132,25 @@ def run(args):
     steps = 5 if args.quick else 20
     warmup = 2 if args.quick else 5
     rows = []
-    for norm in ("SyncBN", "BN"):
+    for norm in args.norms if getattr(args, "norms", None) else NORMS:
         ips = {}
-        for n in (1, 2):
-            r = launch(n, norm, steps, warmup)
-            case = f"demo {norm} {IMAGES_PER_PROCESS} img/proc"
+        for n, how in ((1, "horovod"), (2, "horovod"), (2, "independent")):
+            r = (launch if how == "horovod" else launch_independent)(n, norm, steps, warmup)
+            case = f"demo {norm} {IMAGES_PER_PROCESS} img/proc" + (
+                ", 2 independent processes (no Horovod: the machine's ceiling)"
+                if how == "independent" else "")
             if "error" in r:
                 rows.append({"case": case, "processes": n, "note": "FAILED " + r["error"]})
                 continue
-            ips[n] = n * IMAGES_PER_PROCESS / r["step_s"]
+            ips[(n, how)] = n * IMAGES_PER_PROCESS / r["step_s"]
             rows.append({"case": case, "processes": n, "threads": 1, "step_s": r["step_s"],
-                         "cpu_s": r["cpu_s"], "images_per_s": ips[n]})
-        if len(ips) == 2:
-            rows.append({"case": f"demo {norm} weak scaling", "processes": 2,
-                         "efficiency": ips[2] / (2 * ips[1])})
+                         "cpu_s": r["cpu_s"], "images_per_s": ips[(n, how)]})
+        one = ips.get((1, "horovod"))
+        for key, label in (((2, "horovod"), "weak scaling"),
+                           ((2, "independent"), "ceiling (independent processes)")):
+            if one and key in ips:
+                rows.append({"case": f"demo {norm} {label}", "processes": 2,
+                             "efficiency": ips[key] / (2 * one)})
     return rows
 
 
@@ -131,13 +161,14 @@ def main(argv=None):
     p.add_argument("--steps", type=int, default=20)
     p.add_argument("--warmup", type=int, default=5)
     p.add_argument("--threads", type=int, default=1)
+    p.add_argument("--norms", nargs="*", default=None, help="driver: norms to measure")
     opts = p.parse_args(argv)
     if ROOT not in sys.path:
         sys.path.insert(0, ROOT)
     if opts.worker:
         worker(opts)
     else:  # standalone: print the rows
-        args = argparse.Namespace(quick=False)
+        args = argparse.Namespace(quick=False, norms=opts.norms)
         for row in run(args):
             print(row)
 

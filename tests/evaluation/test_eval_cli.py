@@ -46,3 +46,37 @@ def test_eval_cli_runs_a_model_and_writes_metrics(tmp_path, repo_root):
     for task in metrics.values():      # a random model: AP is a number in [0, 100]
         assert 0.0 <= task["AP"] <= 100.0
     assert isinstance(json.loads((out / "coco_instances_results.json").read_text()), list)
+
+
+def _model_dir(tmp_path, repo_root, overrides):
+    from tfmrcnn.checkpoint.weights_io import save_weights
+    from tfmrcnn.config import load_config
+    from tfmrcnn.modeling.meta_arch import GeneralizedRCNN
+
+    cfg = load_config(str(repo_root / "configs" / "Base-RCNN-FPN.yaml"), overrides)
+    model_dir = tmp_path / "model"
+    model_dir.mkdir()
+    (model_dir / "config.yaml").write_text(cfg.dump())
+    save_weights(str(model_dir / "model_final.npz"), GeneralizedRCNN(cfg))
+    return model_dir
+
+
+def test_bn_batch_stats_needs_batch_norms(tmp_path, repo_root, capsys):
+    model_dir = _model_dir(tmp_path, repo_root, TINY[:-2])  # FrozenBN: nothing to switch
+    rc = main(["--model", str(model_dir), "--dataset", "shapes_val", "--bn-batch-stats"])
+    assert rc == 1
+    assert "--bn-batch-stats: the model has no BN/SyncBN layer" in capsys.readouterr().err
+
+
+@pytest.mark.slow
+def test_bn_batch_stats_evaluates_with_batch_statistics(tmp_path, repo_root, capsys):
+    json_path, root = toy.write_coco_set(str(tmp_path / "toy"), with_images=True)
+    bn = [o.replace("NORM=FrozenBN", "NORM=BN") for o in TINY[:-2]]
+    model_dir = _model_dir(tmp_path, repo_root, bn + ["MODEL.BACKBONE.FREEZE_AT=0"])
+    out = tmp_path / "out"
+    rc = main(["--model", str(model_dir), "--json", json_path, "--images", root,
+               "--output", str(out), "--bn-batch-stats"] + TINY[-2:])
+    assert rc == 0
+    # R18: stem + 8 blocks x 2 convs + 3 shortcut convs = 20 batch norms
+    assert "20 batch norm layers use each test batch's statistics" in capsys.readouterr().out
+    assert 0.0 <= json.loads((out / "metrics.json").read_text())["bbox"]["AP"] <= 100.0

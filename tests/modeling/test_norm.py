@@ -5,7 +5,8 @@ import tensorflow as tf
 
 from tfmrcnn.modeling import norm as norm_lib
 from tfmrcnn.modeling.norm import (BatchNorm, FrozenBN, GroupNorm, SyncBatchNorm, get_norm,
-                                   is_norm_variable, norm_variables)
+                                   is_norm_variable, norm_variables,
+                                   use_batch_statistics_at_test)
 
 EPS = 1e-5
 RNG = np.random.default_rng(0)
@@ -84,6 +85,24 @@ def test_batch_norm_in_tf_function_updates_statistics():
     f(x)
     m = x.numpy().mean(axis=(0, 1, 2))
     np.testing.assert_allclose(n.running_mean, (1 - 0.9 ** 2) * m, rtol=1e-5, atol=1e-6)
+
+
+def test_batch_statistics_at_test_diagnostic():
+    """The diagnostic test mode normalises with the batch's own statistics, updates nothing."""
+    model = tf.Module()
+    model.layers = [BatchNorm("a.norm", 3), SyncBatchNorm("b.norm", 3), GroupNorm("c.norm", 32)]
+    p = _randomise(model.layers[0])
+    assert use_batch_statistics_at_test(model) == 2  # the two batch norms, not GN
+    x = RNG.normal(1.0, 2.0, size=(2, 5, 4, 3)).astype(np.float32)
+    y = model.layers[0](tf.constant(x), training=False)
+    expected = _np_bn(x, x.mean(axis=(0, 1, 2)), x.var(axis=(0, 1, 2)), p["weight"], p["bias"])
+    np.testing.assert_allclose(y, expected, rtol=1e-4, atol=1e-4)
+    np.testing.assert_array_equal(model.layers[0].running_mean, p["running_mean"])
+    np.testing.assert_array_equal(model.layers[0].running_var, p["running_var"])
+    use_batch_statistics_at_test(model, enabled=False)
+    y = model.layers[0](tf.constant(x), training=False)
+    np.testing.assert_allclose(y, _np_bn(x, p["running_mean"], p["running_var"], p["weight"],
+                                         p["bias"]), rtol=1e-4, atol=1e-4)
 
 
 def test_sync_bn_single_process_equals_bn():

@@ -34,6 +34,10 @@ def build_parser() -> argparse.ArgumentParser:
                    help="results directory (default: DIR/inference/<dataset>)")
     p.add_argument("--batch-size", type=int, default=1, help="images per model call and process")
     p.add_argument("--no-per-category", action="store_true", help="skip the AP-<class> entries")
+    p.add_argument("--bn-batch-stats", action="store_true",
+                   help="diagnostic: batch norms normalise with each test batch's own statistics "
+                        "instead of their moving averages (a large AP gain means the moving "
+                        "averages do not match training: batch too small for BN, use GN)")
     p.add_argument("overrides", nargs="*", metavar="KEY=VALUE",
                    help="config overrides, e.g. INPUT.MIN_SIZE_TEST=640")
     return p
@@ -93,6 +97,17 @@ def main(argv: Optional[List[str]] = None) -> int:
     report = load_weights(model, weights)
     if rank == 0:
         print(f"Loaded {weights}" + (f"\n{report.summary()}" if report.missing else ""))
+    if args.bn_batch_stats:
+        from tfmrcnn.modeling.norm import use_batch_statistics_at_test
+
+        switched = use_batch_statistics_at_test(model)
+        if switched == 0:
+            print("tfmrcnn-eval: error: --bn-batch-stats: the model has no BN/SyncBN layer",
+                  file=sys.stderr)
+            return 1
+        if rank == 0:
+            print(f"{switched} batch norm layers use each test batch's statistics "
+                  f"(batch size {args.batch_size})")
     tasks = ("bbox", "segm") if cfg.MODEL.MASK_ON else ("bbox",)
     evaluator = COCOEvaluator(dataset, output, tasks=tasks, verbose=(rank == 0),
                               per_category=not args.no_per_category)

@@ -23,9 +23,9 @@ from typing import List, Optional
 __all__ = ["build_parser", "main"]
 
 logger = logging.getLogger("tfmrcnn.cli.train")
-# pictures show detections from this score: a short demo run rarely passes 0.5, and an empty
-# picture tells a person less than a few low-confidence guesses
-VIS_SCORE_THRESHOLD = 0.3
+# pictures show detections from this score (detectron2's demo default); lower, the per-class NMS
+# leaves second guesses of another class on the same object in the picture
+VIS_SCORE_THRESHOLD = 0.5
 
 
 def build_parser() -> argparse.ArgumentParser:

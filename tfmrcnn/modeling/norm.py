@@ -68,7 +68,14 @@ class BatchNorm(Norm):
 
     The moving variance is updated with the unbiased batch variance (n / (n - 1)), as PyTorch
     does; normalisation uses the biased one.
+
+    ``test_batch_statistics`` (set by `use_batch_statistics_at_test`, a diagnostic) makes the
+    test-time call normalise with the statistics of the batch it is given, like training, but
+    without touching the moving averages: it shows how much a model loses because its moving
+    averages do not stand in for the batch statistics it was trained with.
     """
+
+    test_batch_statistics = False
 
     def __init__(self, prefix: str, channels: int, trainable: bool = True):
         super().__init__(prefix, channels)
@@ -92,6 +99,8 @@ class BatchNorm(Norm):
             m = BN_MOMENTUM
             self.running_mean.assign(m * self.running_mean + (1.0 - m) * tf.stop_gradient(mean))
             self.running_var.assign(m * self.running_var + (1.0 - m) * tf.stop_gradient(moving_var))
+        elif self.test_batch_statistics:
+            mean, var = tf.nn.moments(x, axes=[0, 1, 2])  # this rank's batch only
         else:
             mean, var = self.running_mean, self.running_var
         y = tf.nn.batch_normalization(x, mean, var, self.bias, self.weight, EPS)
@@ -180,6 +189,15 @@ def get_norm(kind: Optional[str], channels: int, prefix: str,
     if kind == "GN":
         return GroupNorm(prefix, channels, trainable=not frozen)
     raise ValueError(f"unknown norm {kind!r}")
+
+
+def use_batch_statistics_at_test(module: tf.Module, enabled: bool = True) -> int:
+    """Make every (Sync)BatchNorm of `module` use batch statistics at test time (see
+    `BatchNorm`); returns how many layers were switched. Call before tracing inference."""
+    layers = [m for m in module.submodules if isinstance(m, BatchNorm)]
+    for m in layers:
+        m.test_batch_statistics = bool(enabled)
+    return len(layers)
 
 
 def is_norm_variable(v: tf.Variable) -> bool:
