@@ -1,8 +1,11 @@
 """The model learns, honestly: overfitting 8 shapes images reaches a high COCO AP on them.
 
-One process, the demo config with plain BN, 300 iterations (~4 min on 2 cores). Measured when
-written: box AP 47.6, mask AP 61.9 (untrained: ~0). The thresholds leave room for run-to-run
-noise but fail if any part of the pipeline (targets, losses, heads, post-processing) is broken.
+One process, the demo config (GN backbone), 2 images per iteration, 300 iterations (~4 min on 2
+cores). Measured: box / mask AP 19.3 / 27.9 at 100 iterations, 54.6 / 81.1 at 200, 87.0 / 93.4
+at 300 (untrained: ~0). With a BN backbone the same run gave 47.6 / 61.9: its moving averages
+do not stand in for 2-image batch statistics (NOTES.md, "The CPU demo"). The thresholds leave
+room for run-to-run noise but fail if any part of the pipeline (targets, losses, heads,
+post-processing, test-time normalisation) is broken.
 """
 import json
 import os
@@ -34,11 +37,11 @@ def test_overfitting_eight_images_reaches_high_ap(tmp_path):
            "--config-file", str(ROOT / "configs" / "shapes_demo_cpu.yaml"), "--no-resume",
            "--num-vis", "1", f"OUTPUT_DIR={out}", 'DATASETS.TRAIN=("shapes_overfit",)',
            'DATASETS.TEST=("shapes_overfit",)', "SOLVER.MAX_ITER=300", "SOLVER.STEPS=(250,)",
-           "SOLVER.WARMUP_ITERS=50", "SOLVER.IMS_PER_BATCH=2", "MODEL.RESNETS.NORM=BN",
+           "SOLVER.WARMUP_ITERS=100", "SOLVER.IMS_PER_BATCH=2",
            "TRAINER.NUM_THREADS=2", "TRAINER.LOG_PERIOD=50", "SOLVER.CHECKPOINT_PERIOD=1000"]
     env = dict(os.environ, PYTHONPATH=str(ROOT), TF_CPP_MIN_LOG_LEVEL="2")
     run = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=1200, cwd=ROOT)
     assert run.returncode == 0, run.stdout[-4000:] + run.stderr[-4000:]
     metrics = json.loads((out / "inference" / "shapes_overfit" / "metrics.json").read_text())
-    assert metrics["bbox"]["AP"] >= 30.0, metrics["bbox"]
-    assert metrics["segm"]["AP"] >= 40.0, metrics["segm"]
+    assert metrics["bbox"]["AP"] >= 65.0, metrics["bbox"]
+    assert metrics["segm"]["AP"] >= 75.0, metrics["segm"]

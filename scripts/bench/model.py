@@ -17,7 +17,7 @@ all threads, the steadier number on a shared machine):
          (the driver has no --bf16 flag); a worker alone: --worker infer --bf16.
   train  one training step (forward, backward, SGD update) at batch 1, 800x1333, R50-FPN
          defaults (FREEZE_AT 2, 512 ROIs/image), 10 GT instances; and the shapes demo config
-         (configs/shapes_demo_cpu.yaml, R18-half, BN) at batch 1 and 2 at its image size
+         (configs/shapes_demo_cpu.yaml, R18-half, GN) at batch 1 and 2 at its image size
          192x256 with 4 instances.
   memory peak RSS (getrusage) of each group's process, and the RSS growth between iteration 10
          and 60 of the demo training step and of the demo inference.
