@@ -52,7 +52,7 @@ def worker(opts):
     """One Horovod rank: build, broadcast, warm up, time `opts.steps` steps."""
     m = _bench_model()
     from tfmrcnn.engine.hvd_utils import init_horovod
-    hvd = init_horovod()
+    hvd = init_horovod(sync_bn=opts.norm == "SyncBN")
     tf = m.setup_threads(opts.threads, 1)
     from tfmrcnn.engine.solver import WarmupMultiStepLR, build_optimizer
     from tfmrcnn.engine.trainer import make_train_step

@@ -49,3 +49,34 @@ def test_watchdog_pause_and_beats_keep_it_quiet():
         time.sleep(0.1)
     w.stop()
     assert w.iteration == 5
+
+
+@pytest.mark.parametrize("key, value, expected", [
+    (None, None, False), ("MODEL.RESNETS.NORM", "SyncBN", True),
+    ("MODEL.FPN.NORM", "naiveSyncBN", True), ("MODEL.ROI_MASK_HEAD.NORM", "GN", False),
+    ("MODEL.RESNETS.NORM", "BN", False)])
+def test_uses_sync_bn(key, value, expected):
+    from tfmrcnn.config import get_cfg
+    from tfmrcnn.engine.hvd_utils import uses_sync_bn
+
+    cfg = get_cfg()
+    if key:
+        cfg.merge_from_list([key, value])
+    assert uses_sync_bn(cfg) is expected
+
+
+def test_cpu_cycle_time_depends_on_sync_bn(monkeypatch):
+    """On a CPU host the Horovod cycle is 20 ms, 5 ms with SyncBN; the user's value wins."""
+    from tfmrcnn.engine import hvd_utils
+
+    seen = []
+    monkeypatch.setattr(hvd_utils, "check_world_size", lambda size: None)
+    import horovod.tensorflow as hvd
+    monkeypatch.setattr(hvd, "init", lambda: seen.append(os.environ["HOROVOD_CYCLE_TIME"]))
+    monkeypatch.setattr(hvd, "size", lambda: 1)
+    for sync_bn, user, expected in ((False, None, "20"), (True, None, "5"), (True, "3", "3")):
+        monkeypatch.delenv("HOROVOD_CYCLE_TIME", raising=False)
+        if user:
+            monkeypatch.setenv("HOROVOD_CYCLE_TIME", user)
+        hvd_utils.init_horovod(sync_bn=sync_bn)
+    assert seen == ["20", "5", "3"]

@@ -174,9 +174,9 @@ def main(argv: Optional[List[str]] = None) -> int:
         print(f"tfmrcnn-train: error: {e}", file=sys.stderr)
         return 2
 
-    from tfmrcnn.engine.hvd_utils import Watchdog, init_horovod, pin_devices
+    from tfmrcnn.engine.hvd_utils import Watchdog, init_horovod, pin_devices, uses_sync_bn
 
-    hvd = init_horovod()
+    hvd = init_horovod(sync_bn=uses_sync_bn(cfg))
     device = pin_devices(hvd.local_rank(), cfg.TRAINER.NUM_THREADS)
     rank, size = hvd.rank(), hvd.size()
 

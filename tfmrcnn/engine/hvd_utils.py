@@ -57,7 +57,9 @@ def check_world_size(hvd_size: int, environ=None) -> None:
             "`horovodrun --check-build`.")
 
 
-CPU_CYCLE_TIME_MS = 5
+# Horovod cycle on CPU-only hosts (ms): see init_horovod
+CPU_CYCLE_TIME_MS = 20
+CPU_CYCLE_TIME_MS_SYNCBN = 5
 
 
 def _has_gpu() -> bool:
@@ -66,18 +68,30 @@ def _has_gpu() -> bool:
     return bool(tf.config.list_physical_devices("GPU"))
 
 
-def init_horovod():
+def uses_sync_bn(cfg) -> bool:
+    """True when any norm of the config averages statistics over ranks (SyncBN)."""
+    m = cfg.MODEL
+    norms = (m.RESNETS.NORM, m.FPN.NORM, m.ROI_BOX_HEAD.NORM, m.ROI_MASK_HEAD.NORM)
+    return any(n in ("SyncBN", "nnSyncBN", "naiveSyncBN") for n in norms)
+
+
+def init_horovod(sync_bn: bool = False):
     """``hvd.init()`` with our stall and cycle defaults, then the world-size check.
 
     On CPU-only hosts Horovod's background thread negotiates over Gloo/TCP every cycle
     (default 1 ms) even when idle: measured on 2 cores, each of 2 idle processes spent 2.2 s of
-    CPU per 8 s (27 % of a core) doing it, against 0.35 s with a 20 ms cycle, and a 2-process
-    SyncBN demo step went from 2.5 s to 1.8 s with 5 ms. 5 ms keeps the ~40 SyncBN
-    all-reduces of a step cheap. GPU hosts keep Horovod's default; the user's setting wins.
+    CPU per 8 s (27 % of a core) doing it, against 0.35 s with a 20 ms cycle. A step whose only
+    collectives are the gradient (and logged-loss) all-reduces loses little to a long cycle:
+    on the 2-process GN demo step, 0.62 s at 5 ms vs 0.57 s at 20 ms (one process: 0.49 vs
+    0.46 s), and a lone 16 MB all-reduce of 140 tensors took 80 ms at 5 ms vs 52 ms at 20 ms
+    (fewer, larger fusion rounds). With SyncBN (``sync_bn``) each of the ~40 per-step
+    statistics all-reduces waits for a cycle, so 5 ms is kept there (SyncBN demo step 2.5 s at
+    1 ms -> 1.8 s at 5 ms). GPU hosts keep Horovod's default; the user's setting always wins.
     """
     os.environ.setdefault("HOROVOD_STALL_SHUTDOWN_TIME_SECONDS", "600")
     if not _has_gpu():
-        os.environ.setdefault("HOROVOD_CYCLE_TIME", str(CPU_CYCLE_TIME_MS))
+        cycle = CPU_CYCLE_TIME_MS_SYNCBN if sync_bn else CPU_CYCLE_TIME_MS
+        os.environ.setdefault("HOROVOD_CYCLE_TIME", str(cycle))
     try:
         import horovod.tensorflow as hvd
     except ImportError as e:  # pragma: no cover - depends on the installation
