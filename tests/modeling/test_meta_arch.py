@@ -39,10 +39,11 @@ def test_parameter_counts_equal_detectron2(repo_root, name):
 
 
 def _tiny_cfg(repo_root, *overrides):
-    # the CPU demo model (R18 widths 32.., SyncBN = BN without Horovod), stem frozen so the
-    # test also sees frozen variables, fewer proposals to keep it fast
+    # the CPU demo model (R18 widths 32..) with BN instead of its GN so that the moving
+    # statistics are checked too, stem frozen so the test also sees frozen variables, fewer
+    # proposals to keep it fast
     return load_config(str(repo_root / "configs" / "shapes_demo_cpu.yaml"), [
-        "MODEL.BACKBONE.FREEZE_AT=1", "MODEL.RPN.PRE_NMS_TOPK_TRAIN=200",
+        "MODEL.RESNETS.NORM=BN", "MODEL.BACKBONE.FREEZE_AT=1", "MODEL.RPN.PRE_NMS_TOPK_TRAIN=200",
         "MODEL.RPN.POST_NMS_TOPK_TRAIN=50", "MODEL.RPN.PRE_NMS_TOPK_TEST=100",
         "MODEL.RPN.POST_NMS_TOPK_TEST=30", "MODEL.ROI_HEADS.BATCH_SIZE_PER_IMAGE=32",
         *overrides])
