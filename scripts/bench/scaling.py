@@ -9,7 +9,8 @@ perfect scaling doubles the images/s:
 
     efficiency = images/s (2 processes) / (2 x images/s (1 process))
 
-images/s = N x 2 images / (median step wall time of rank 0 after warm-up), for each backbone norm
+images/s = N x 2 images / (median step wall time of rank 0 after warm-up; median over ROUNDS
+launches, interleaved), for each backbone norm
 in NORMS: GN (the demo's) and BN have no communication inside the forward and backward passes,
 SyncBN adds one allreduce per norm layer and direction. A third run per norm starts 2
 single-process workers side by side with no Horovod at all: the slower one's images/s against
@@ -38,6 +39,8 @@ IMAGES_PER_PROCESS = 2
 # GN: the demo's norm (no communication in the forward pass); BN: per-process statistics;
 # SyncBN: one allreduce per norm layer and direction
 NORMS = ("GN", "BN", "SyncBN")
+# launches per case: single runs of the same step varied by up to 1.6x on the 2 shared cores
+ROUNDS = 3
 
 
 def _bench_model():
@@ -131,20 +134,30 @@ def run(args):
         return [{"case": "horovod", "note": "horovodrun not found (scripts/setup.sh builds it)"}]
     steps = 5 if args.quick else 20
     warmup = 2 if args.quick else 5
+    rounds = 1 if args.quick else int(getattr(args, "rounds", None) or ROUNDS)
     rows = []
     for norm in args.norms if getattr(args, "norms", None) else NORMS:
+        runs = {}  # (processes, how) -> [measurement per round]
+        for _ in range(rounds):  # interleaved, so that a slow spell of the machine hits all
+            for n, how in ((1, "horovod"), (2, "horovod"), (2, "independent")):
+                r = (launch if how == "horovod" else launch_independent)(n, norm, steps, warmup)
+                runs.setdefault((n, how), []).append(r)
         ips = {}
-        for n, how in ((1, "horovod"), (2, "horovod"), (2, "independent")):
-            r = (launch if how == "horovod" else launch_independent)(n, norm, steps, warmup)
+        for (n, how), results in runs.items():
             case = f"demo {norm} {IMAGES_PER_PROCESS} img/proc" + (
                 ", 2 independent processes (no Horovod: the machine's ceiling)"
                 if how == "independent" else "")
-            if "error" in r:
-                rows.append({"case": case, "processes": n, "note": "FAILED " + r["error"]})
+            good = [r for r in results if "error" not in r]
+            if not good:
+                rows.append({"case": case, "processes": n, "note": "FAILED " + results[0]["error"]})
                 continue
-            ips[(n, how)] = n * IMAGES_PER_PROCESS / r["step_s"]
-            rows.append({"case": case, "processes": n, "threads": 1, "step_s": r["step_s"],
-                         "cpu_s": r["cpu_s"], "images_per_s": ips[(n, how)]})
+            step = statistics.median(r["step_s"] for r in good)
+            ips[(n, how)] = n * IMAGES_PER_PROCESS / step
+            rows.append({"case": case, "processes": n, "threads": 1, "step_s": step,
+                         "cpu_s": statistics.median(r["cpu_s"] for r in good),
+                         "images_per_s": ips[(n, how)],
+                         "note": f"median of {len(good)} runs, step_s each: "
+                                 + " ".join(f"{r['step_s']:.3f}" for r in good)})
         one = ips.get((1, "horovod"))
         for key, label in (((2, "horovod"), "weak scaling"),
                            ((2, "independent"), "ceiling (independent processes)")):
@@ -162,13 +175,14 @@ def main(argv=None):
     p.add_argument("--warmup", type=int, default=5)
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--norms", nargs="*", default=None, help="driver: norms to measure")
+    p.add_argument("--rounds", type=int, default=ROUNDS, help="driver: launches per case")
     opts = p.parse_args(argv)
     if ROOT not in sys.path:
         sys.path.insert(0, ROOT)
     if opts.worker:
         worker(opts)
     else:  # standalone: print the rows
-        args = argparse.Namespace(quick=False, norms=opts.norms)
+        args = argparse.Namespace(quick=False, norms=opts.norms, rounds=opts.rounds)
         for row in run(args):
             print(row)
 
