@@ -41,11 +41,16 @@ def load_section(name):
 
 
 def _block(result):
-    """Wait for (nested) tensors so that asynchronous execution is inside the timing."""
+    """Wait for (nested) tensors so that asynchronous execution is inside the timing.
+
+    Reads one element of each tensor: that waits for the op that produced it, while `.numpy()`
+    of the whole tensor would add a host copy that is not the op's time (for the (512, 14, 14,
+    256) ROIAlign output, 103 MB: ~50 ms on top of a ~45 ms op, measured in session 2).
+    """
     import tensorflow as tf
     for t in tf.nest.flatten(result):
-        if hasattr(t, "numpy"):
-            t.numpy()
+        if isinstance(t, tf.Tensor):
+            tf.reshape(t, [-1])[:1].numpy()
 
 
 CLOCKS = {"wall": time.perf_counter, "cpu": time.process_time}

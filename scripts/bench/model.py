@@ -13,8 +13,8 @@ all threads, the steadier number on a shared machine):
          (`make_inference_fn` + paste). MODEL.ROI_HEADS.SCORE_THRESH_TEST = 0.0: random weights
          give class probabilities near 1/81, below the default 0.05, so the default would give
          no detection; 0.0 gives the full 100 detections (and 80 x 1000 NMS candidates).
-         The bf16 rows (TEST.BF16_INFERENCE) are added when TFMRCNN_BENCH_BF16=1 is set
-         (the driver has no --bf16 flag); a worker alone: --worker infer --bf16.
+         With --bf16 (always run by the driver): TEST.BF16_INFERENCE for infer, the AMP
+         bfloat16 step for train --case r50.
   train  one training step (forward, backward, SGD update) at batch 1, 800x1333, R50-FPN
          defaults (FREEZE_AT 2, 512 ROIs/image), 10 GT instances; and the shapes demo config
          (configs/shapes_demo_cpu.yaml, R18-half, GN) at batch 1 and 2 at its image size
@@ -284,8 +284,10 @@ def group_train(opts):
     rep, warm = opts.repeats, opts.warmup
     if opts.case == "r50":
         hw = QUICK_HW if opts.quick else FULL_HW
-        cfg = make_cfg()
-        sizes = [(1, hw, 10, "R50-FPN %dx%d" % hw)]
+        # --bf16: the bfloat16 mixed-precision step (SOLVER.AMP with TRAINER.AMP_DTYPE bfloat16)
+        cfg = make_cfg(overrides=["SOLVER.AMP.ENABLED", "True", "TRAINER.AMP_DTYPE", "bfloat16"]
+                       if opts.bf16 else ())
+        sizes = [(1, hw, 10, "R50-FPN %dx%d%s" % (*hw, " AMP bf16" if opts.bf16 else ""))]
     else:
         cfg = make_cfg(DEMO_CONFIG)
         sizes = [(1, DEMO_HW, 4, "demo %dx%d" % DEMO_HW), (2, DEMO_HW, 4, "demo %dx%d" % DEMO_HW)]
@@ -373,10 +375,11 @@ def run(args):
     common = ["--repeats", str(min(args.repeats, 3)), "--warmup", str(min(args.warmup, 1))]
     if args.quick:
         common.append("--quick")
-    groups = [["--worker", "infer"], ["--worker", "train", "--case", "r50"],
+    # fp32 and the bfloat16 modes (TEST.BF16_INFERENCE, AMP bf16 training) side by side
+    groups = [["--worker", "infer"], ["--worker", "infer", "--bf16"],
+              ["--worker", "train", "--case", "r50"],
+              ["--worker", "train", "--case", "r50", "--bf16"],
               ["--worker", "train", "--case", "demo"], ["--worker", "memory"]]
-    if getattr(args, "bf16", False) or os.environ.get("TFMRCNN_BENCH_BF16"):
-        groups.insert(1, ["--worker", "infer", "--bf16"])
     rows = []
     for g in groups:
         rows += run_worker(g + common)
