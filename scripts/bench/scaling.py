@@ -90,17 +90,27 @@ def _horovodrun():
     return here if os.path.exists(here) else shutil.which("horovodrun")
 
 
+def _worker_cmd(norm: str, steps: int, warmup: int):
+    return [sys.executable, os.path.abspath(__file__), "--worker", "--norm", norm,
+            "--steps", str(steps), "--warmup", str(warmup)]
+
+
+def _worker_env():
+    return dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2", PYTHONPATH=ROOT)
+
+
+def _measurements(stdout: str):
+    """The workers' MARKER rows (horovodrun prefixes every line with [rank]<stdout>:)."""
+    return [json.loads(line.split(MARKER, 1)[1]) for line in stdout.splitlines() if MARKER in line]
+
+
 def launch(num_proc: int, norm: str, steps: int, warmup: int, timeout: int = 900):
     """Run `num_proc` ranks under horovodrun --gloo; returns rank 0's measurement (or error)."""
     cmd = [_horovodrun(), "-np", str(num_proc), "-H", f"localhost:{num_proc}", "--gloo",
-           sys.executable, os.path.abspath(__file__), "--worker", "--norm", norm,
-           "--steps", str(steps), "--warmup", str(warmup)]
-    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2", PYTHONPATH=ROOT)
-    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=timeout)
-    found = []
-    for line in proc.stdout.splitlines():
-        if MARKER in line:  # horovodrun prefixes every line with [rank]<stdout>:
-            found.append(json.loads(line.split(MARKER, 1)[1]))
+           *_worker_cmd(norm, steps, warmup)]
+    proc = subprocess.run(cmd, env=_worker_env(), capture_output=True, text=True,
+                          timeout=timeout)
+    found = _measurements(proc.stdout)
     rank0 = [r for r in found if r["rank"] == 0]
     if proc.returncode != 0 or not rank0:
         return {"error": (proc.stderr or proc.stdout).strip()[-300:]}
@@ -113,16 +123,17 @@ def launch_independent(num_proc: int, norm: str, steps: int, warmup: int, timeou
     """`num_proc` single-process workers at the same time, no Horovod between them: the
     machine's own ceiling for weak scaling (shared caches, memory bandwidth, turbo), which no
     communication setting can beat. Returns the slowest worker's measurement."""
-    cmd = [sys.executable, os.path.abspath(__file__), "--worker", "--norm", norm,
-           "--steps", str(steps), "--warmup", str(warmup)]
-    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2", PYTHONPATH=ROOT)
-    procs = [subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                              text=True) for _ in range(num_proc)]
+    procs = [subprocess.Popen(_worker_cmd(norm, steps, warmup), env=_worker_env(),
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+             for _ in range(num_proc)]
     found, errors = [], []
     for proc in procs:
         out, err = proc.communicate(timeout=timeout)
-        rows = [json.loads(line.split(MARKER, 1)[1]) for line in out.splitlines() if MARKER in line]
-        (found.extend(rows) if proc.returncode == 0 and rows else errors.append(err[-300:]))
+        rows = _measurements(out)
+        if proc.returncode == 0 and rows:
+            found.extend(rows)
+        else:
+            errors.append(err[-300:])
     if errors:
         return {"error": errors[0].strip()}
     return max(found, key=lambda r: r["step_s"])

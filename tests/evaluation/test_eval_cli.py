@@ -25,29 +25,6 @@ def test_json_needs_images(tmp_path):
         main(["--model", str(tmp_path), "--json", "x.json"])
 
 
-@pytest.mark.slow
-def test_eval_cli_runs_a_model_and_writes_metrics(tmp_path, repo_root):
-    from tfmrcnn.checkpoint.weights_io import save_weights
-    from tfmrcnn.config import load_config
-    from tfmrcnn.modeling.meta_arch import GeneralizedRCNN
-
-    json_path, root = toy.write_coco_set(str(tmp_path / "toy"), with_images=True)
-    cfg = load_config(str(repo_root / "configs" / "Base-RCNN-FPN.yaml"), TINY[:-2])
-    model_dir = tmp_path / "model"
-    model_dir.mkdir()
-    (model_dir / "config.yaml").write_text(cfg.dump())
-    save_weights(str(model_dir / "model_final.npz"), GeneralizedRCNN(cfg))
-    out = tmp_path / "out"
-    rc = main(["--model", str(model_dir), "--json", json_path, "--images", root,
-               "--output", str(out), "--batch-size", "2"] + TINY[-2:])
-    assert rc == 0
-    metrics = json.loads((out / "metrics.json").read_text())
-    assert set(metrics) == {"bbox", "segm"}
-    for task in metrics.values():      # a random model: AP is a number in [0, 100]
-        assert 0.0 <= task["AP"] <= 100.0
-    assert isinstance(json.loads((out / "coco_instances_results.json").read_text()), list)
-
-
 def _model_dir(tmp_path, repo_root, overrides):
     from tfmrcnn.checkpoint.weights_io import save_weights
     from tfmrcnn.config import load_config
@@ -59,6 +36,21 @@ def _model_dir(tmp_path, repo_root, overrides):
     (model_dir / "config.yaml").write_text(cfg.dump())
     save_weights(str(model_dir / "model_final.npz"), GeneralizedRCNN(cfg))
     return model_dir
+
+
+@pytest.mark.slow
+def test_eval_cli_runs_a_model_and_writes_metrics(tmp_path, repo_root):
+    json_path, root = toy.write_coco_set(str(tmp_path / "toy"), with_images=True)
+    model_dir = _model_dir(tmp_path, repo_root, TINY[:-2])
+    out = tmp_path / "out"
+    rc = main(["--model", str(model_dir), "--json", json_path, "--images", root,
+               "--output", str(out), "--batch-size", "2"] + TINY[-2:])
+    assert rc == 0
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert set(metrics) == {"bbox", "segm"}
+    for task in metrics.values():      # a random model: AP is a number in [0, 100]
+        assert 0.0 <= task["AP"] <= 100.0
+    assert isinstance(json.loads((out / "coco_instances_results.json").read_text()), list)
 
 
 def test_bn_batch_stats_needs_batch_norms(tmp_path, repo_root, capsys):

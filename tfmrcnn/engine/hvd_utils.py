@@ -70,9 +70,11 @@ def _has_gpu() -> bool:
 
 def uses_sync_bn(cfg) -> bool:
     """True when any norm of the config averages statistics over ranks (SyncBN)."""
+    from tfmrcnn.modeling.norm import is_sync_norm
+
     m = cfg.MODEL
     norms = (m.RESNETS.NORM, m.FPN.NORM, m.ROI_BOX_HEAD.NORM, m.ROI_MASK_HEAD.NORM)
-    return any(n in ("SyncBN", "nnSyncBN", "naiveSyncBN") for n in norms)
+    return any(is_sync_norm(n) for n in norms)
 
 
 def init_horovod(sync_bn: bool = False):

@@ -100,7 +100,8 @@ class BatchNorm(Norm):
             self.running_mean.assign(m * self.running_mean + (1.0 - m) * tf.stop_gradient(mean))
             self.running_var.assign(m * self.running_var + (1.0 - m) * tf.stop_gradient(moving_var))
         elif self.test_batch_statistics:
-            mean, var = tf.nn.moments(x, axes=[0, 1, 2])  # this rank's batch only
+            # this rank's batch only (BatchNorm's, also for SyncBN: no collective at test time)
+            mean, var, _ = BatchNorm._batch_moments(self, x)
         else:
             mean, var = self.running_mean, self.running_var
         y = tf.nn.batch_normalization(x, mean, var, self.bias, self.weight, EPS)
@@ -171,6 +172,11 @@ class GroupNorm(Norm):
 
 _BATCH_NORMS = {"BN": BatchNorm, "SyncBN": SyncBatchNorm, "nnSyncBN": SyncBatchNorm,
                 "naiveSyncBN": SyncBatchNorm}
+
+
+def is_sync_norm(kind: Optional[str]) -> bool:
+    """True for the detectron2 norm names that average statistics over ranks (SyncBN)."""
+    return _BATCH_NORMS.get(kind) is SyncBatchNorm
 
 
 def get_norm(kind: Optional[str], channels: int, prefix: str,
