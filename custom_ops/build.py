@@ -1,4 +1,4 @@
-"""Build tfmrcnn/ops/_tfmrcnn_ops.so (the ROIAlign custom op) against the installed TensorFlow.
+"""Build tfmrcnn/ops/_tfmrcnn_ops.so (ROIAlign and Winograd custom ops) against the installed TF.
 
 Run from anywhere with the project's Python: ``.venv/bin/python custom_ops/build.py [--force]``.
 Idempotent: it skips the build when the library is newer than every source and was built for the
@@ -26,9 +26,10 @@ SRC_DIR = os.path.join(ROOT, "custom_ops")
 TARGET = os.path.join(ROOT, "tfmrcnn", "ops", "_tfmrcnn_ops.so")
 WORK_DIR = os.path.join(ROOT, "build", "custom_ops")
 STAMP = os.path.join(WORK_DIR, "stamp.json")
-CC_SOURCES = ["roi_align_op.cc"]
+CC_SOURCES = ["roi_align_op.cc", "winograd_op.cc"]
 CU_SOURCES = ["roi_align_op_gpu.cu.cc"]
-HEADERS = ["roi_align_kernel.h", "roi_align_cpu.h", "roi_align_op.h", "roi_align_gpu_kernels.cu.h"]
+HEADERS = ["roi_align_kernel.h", "roi_align_cpu.h", "roi_align_op.h", "roi_align_gpu_kernels.cu.h",
+           "winograd_cpu.h"]
 WARNINGS = ["-Wno-deprecated-declarations", "-Wno-interference-size"]
 # SASS for these GPUs plus PTX of the last one (JIT-compiled on newer GPUs); override with e.g.
 # TFMRCNN_CUDA_ARCHS="80;90".

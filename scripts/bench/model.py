@@ -14,7 +14,8 @@ all threads, the steadier number on a shared machine):
          give class probabilities near 1/81, below the default 0.05, so the default would give
          no detection; 0.0 gives the full 100 detections (and 80 x 1000 NMS candidates).
          With --bf16 (always run by the driver): TEST.BF16_INFERENCE for infer, the AMP
-         bfloat16 step for train --case r50.
+         bfloat16 step for train --case r50. With --direct (also run by the driver): fp32
+         with MODEL.WINOGRAD off, i.e. every conv through tf.nn.conv2d (oneDNN's direct kernels).
   train  one training step (forward, backward, SGD update) at batch 1, 800x1333, R50-FPN
          defaults (FREEZE_AT 2, 512 ROIs/image), 10 GT instances; and the shapes demo config
          (configs/shapes_demo_cpu.yaml, R18-half, GN) at batch 1 and 2 at its image size
@@ -241,12 +242,21 @@ def _row(**kw):
     print(ROW_MARKER + json.dumps(kw), flush=True)
 
 
+def _conv_override(opts):
+    return ["MODEL.WINOGRAD", "False"] if opts.direct else []
+
+
+def _mode(opts, bf16_name="bf16"):
+    """Row label of the precision / conv algorithm of a worker."""
+    return bf16_name if opts.bf16 else ("fp32 direct conv" if opts.direct else "fp32")
+
+
 def group_infer(opts):
     import numpy as np
     import tensorflow as tf
     hw = QUICK_HW if opts.quick else FULL_HW
     cfg = make_cfg(overrides=["MODEL.ROI_HEADS.SCORE_THRESH_TEST", "0.0",
-                              "TEST.BF16_INFERENCE", str(bool(opts.bf16))])
+                              "TEST.BF16_INFERENCE", str(bool(opts.bf16))] + _conv_override(opts))
     model = build_model(cfg)
     batch = synthetic_batch(1, hw, 0, 80, masks=False)
     calibrate_frozen_bn(model, batch["images"], batch["image_sizes"])
@@ -260,7 +270,7 @@ def group_infer(opts):
     block(infer(images, sizes))
     trace_s = time.perf_counter() - t0
     ndet = int(outs["num_detections"][0])
-    case = "R50-FPN %dx%d %s" % (hw[0], hw[1], "bf16" if opts.bf16 else "fp32")
+    case = "R50-FPN %dx%d %s" % (hw[0], hw[1], _mode(opts))
     rep, warm = opts.repeats, opts.warmup
     stages = [("backbone+fpn", lambda: backbone(images, sizes)),
               ("rpn", lambda: rpn(feats, sizes)),
@@ -285,9 +295,9 @@ def group_train(opts):
     if opts.case == "r50":
         hw = QUICK_HW if opts.quick else FULL_HW
         # --bf16: the bfloat16 mixed-precision step (SOLVER.AMP with TRAINER.AMP_DTYPE bfloat16)
-        cfg = make_cfg(overrides=["SOLVER.AMP.ENABLED", "True", "TRAINER.AMP_DTYPE", "bfloat16"]
-                       if opts.bf16 else ())
-        sizes = [(1, hw, 10, "R50-FPN %dx%d%s" % (*hw, " AMP bf16" if opts.bf16 else ""))]
+        cfg = make_cfg(overrides=(["SOLVER.AMP.ENABLED", "True", "TRAINER.AMP_DTYPE", "bfloat16"]
+                                  if opts.bf16 else []) + _conv_override(opts))
+        sizes = [(1, hw, 10, "R50-FPN %dx%d %s" % (*hw, _mode(opts, "AMP bf16")))]
     else:
         cfg = make_cfg(DEMO_CONFIG)
         sizes = [(1, DEMO_HW, 4, "demo %dx%d" % DEMO_HW), (2, DEMO_HW, 4, "demo %dx%d" % DEMO_HW)]
@@ -345,6 +355,7 @@ def worker_main(argv=None):
     p.add_argument("--worker", choices=sorted(GROUPS), required=True)
     p.add_argument("--case", default="r50", help="train group: r50 or demo")
     p.add_argument("--bf16", action="store_true")
+    p.add_argument("--direct", action="store_true", help="MODEL.WINOGRAD=False")
     p.add_argument("--quick", action="store_true")
     p.add_argument("--repeats", type=int, default=3)
     p.add_argument("--warmup", type=int, default=1)
@@ -375,9 +386,12 @@ def run(args):
     common = ["--repeats", str(min(args.repeats, 3)), "--warmup", str(min(args.warmup, 1))]
     if args.quick:
         common.append("--quick")
-    # fp32 and the bfloat16 modes (TEST.BF16_INFERENCE, AMP bf16 training) side by side
-    groups = [["--worker", "infer"], ["--worker", "infer", "--bf16"],
+    # fp32 with and without Winograd, and the bfloat16 modes (TEST.BF16_INFERENCE, AMP bf16
+    # training) side by side
+    groups = [["--worker", "infer"], ["--worker", "infer", "--direct"],
+              ["--worker", "infer", "--bf16"],
               ["--worker", "train", "--case", "r50"],
+              ["--worker", "train", "--case", "r50", "--direct"],
               ["--worker", "train", "--case", "r50", "--bf16"],
               ["--worker", "train", "--case", "demo"], ["--worker", "memory"]]
     rows = []

@@ -167,3 +167,29 @@ def test_unsupported_config_is_rejected():
     cfg.MODEL.KEYPOINT_ON = True
     with pytest.raises(NotImplementedError, match="KEYPOINT_ON"):
         GeneralizedRCNN(cfg)
+
+
+def test_winograd_model_equals_direct_model(repo_root, tiny):
+    """MODEL.WINOGRAD (the default, on a host without GPU) changes rounding only: with the same
+    weights, features and losses match the model whose convs all go through tf.nn.conv2d."""
+    direct = GeneralizedRCNN(_tiny_cfg(repo_root, "MODEL.WINOGRAD=False"))
+    assert tiny.winograd and not direct.winograd
+    wino_convs = [m for m in tiny.submodules if getattr(m, "winograd", False) is True]
+    assert len(wino_convs) >= 10  # ResNet middle convs, FPN outputs, RPN head, mask head
+    assert not any(getattr(m, "winograd", False) is True for m in direct.submodules)
+    ours = tiny.named_variables()
+    for key, v in direct.named_variables().items():
+        v.assign(ours[key])
+    batch = _rect_batch(seed=4)
+    f_wino = tiny.features(batch["images"], batch["image_sizes"], False, tf.float32)
+    f_direct = direct.features(batch["images"], batch["image_sizes"], False, tf.float32)
+    for name in f_direct:
+        ref = f_direct[name].numpy()
+        np.testing.assert_allclose(f_wino[name].numpy(), ref, rtol=0,
+                                   atol=1e-4 * np.abs(ref).max(), err_msg=name)
+    losses = []
+    for model in (tiny, direct):
+        tf.random.set_seed(1)  # the same proposal and ROI sampling in both
+        losses.append(model.compute_losses(batch, training=False))
+    for k, v in losses[1].items():
+        np.testing.assert_allclose(losses[0][k].numpy(), v.numpy(), rtol=1e-3, err_msg=k)

@@ -9,8 +9,6 @@ import tensorflow as tf
 from tests.ops.roi_align_numpy import boxes_of_every_kind, roi_align_grad_np, roi_align_np
 from tfmrcnn.ops import roi_align, roi_align_grad
 
-# The package re-exports the function under the module's name, so fetch the module explicitly.
-roi_align_module = importlib.import_module("tfmrcnn.ops.roi_align")
 
 FIXTURES = pathlib.Path(__file__).resolve().parents[1] / "fixtures" / "d2"
 TOL = 1e-4
@@ -139,10 +137,11 @@ def test_bad_box_index_is_an_error():
 
 
 def test_missing_library_says_how_to_build(monkeypatch, tmp_path):
-    monkeypatch.setattr(roi_align_module, "_lib", None)
-    monkeypatch.setattr(roi_align_module, "_LIB_PATH", str(tmp_path / "_tfmrcnn_ops.so"))
+    library = importlib.import_module("tfmrcnn.ops.library")
+    monkeypatch.setattr(library, "_lib", None)
+    monkeypatch.setattr(library, "_LIB_PATH", str(tmp_path / "_tfmrcnn_ops.so"))
     with pytest.raises(ImportError, match="custom_ops/build.py"):
-        roi_align_module.load_library()
+        library.load_library()
 
 
 @pytest.mark.parametrize("shape,box,output_size", [

@@ -22,7 +22,9 @@ axis, clipped, empty boxes dropped, masks pasted with `paste_masks_in_image_tf` 
 
 Loading: the graph uses tfmrcnn's custom ROIAlign op, so its library must be loaded in the
 process first: ``tfmrcnn.ops.load_library()`` then ``tf.saved_model.load(path)``, or simply
-`load_saved_model(path)`. The export directory also holds ``assets.extra/class_names.txt``
+`load_saved_model(path)`. A model exported on a host without GPU with MODEL.WINOGRAD (the
+default) also holds the Winograd tile ops, which have CPU kernels only: to serve on a GPU,
+export with the override ``MODEL.WINOGRAD=False``. The export directory also holds ``assets.extra/class_names.txt``
 when class names are known.
 """
 from __future__ import annotations

@@ -19,10 +19,26 @@ Activations are NHWC everywhere.
 """
 from __future__ import annotations
 
+import contextlib
 import math
 from typing import Callable, Dict, Optional
 
 import tensorflow as tf
+
+# Whether Conv2D layers built now run their 3x3 stride-1 float32 convolutions with Winograd
+# F(4x4, 3x3) (tfmrcnn.ops.winograd); set by `winograd_conv3x3` around a model's construction.
+_winograd_default = False
+
+
+@contextlib.contextmanager
+def winograd_conv3x3(enabled: bool):
+    """Conv2D layers constructed inside this block use the Winograd path where it applies."""
+    global _winograd_default
+    previous, _winograd_default = _winograd_default, bool(enabled)
+    try:
+        yield
+    finally:
+        _winograd_default = previous
 
 
 def _kaiming_normal_fan_out(shape, fan_out):
@@ -55,6 +71,8 @@ class Conv2D(NamedModule):
     Mirrors detectron2's `layers.Conv2d`: the norm is applied after the convolution and the
     activation after the norm. Padding is explicit and symmetric (PyTorch's `padding=k//2`),
     not TF's 'SAME', which pads asymmetrically for stride 2 and would shift every feature.
+    A 3x3, stride-1, padding-1 layer built inside `winograd_conv3x3(True)` computes float32
+    inputs with Winograd F(4x4, 3x3) (the CPU custom op; other dtypes use tf.nn.conv2d).
     """
 
     def __init__(self, prefix: str, in_channels: int, out_channels: int, kernel_size: int,
@@ -79,6 +97,8 @@ class Conv2D(NamedModule):
         self.bias = self._param("bias", tf.zeros([out_channels])) if use_bias else None
         self.norm = norm
         self.activation = activation
+        self.winograd = (_winograd_default and k == 3 and stride == 1 and dilation == 1
+                         and self.padding == 1)
 
     def __call__(self, x, training: bool = False):
         # x: (N, H, W, Cin) -> (N, H', W', Cout)
@@ -92,11 +112,15 @@ class Conv2D(NamedModule):
             weight = weight * scale  # HWIO: scales the output channels
             bias = shift if bias is None else shift + bias * scale
             norm = None
-        if self.padding:
-            p = self.padding
-            x = tf.pad(x, [[0, 0], [p, p], [p, p], [0, 0]])
-        x = tf.nn.conv2d(x, tf.cast(weight, x.dtype), strides=self.stride, padding="VALID",
-                         dilations=self.dilation)
+        if self.winograd and x.dtype == tf.float32:
+            from tfmrcnn.ops.winograd import conv3x3  # needs the compiled op library
+            x = conv3x3(x, weight)
+        else:
+            if self.padding:
+                p = self.padding
+                x = tf.pad(x, [[0, 0], [p, p], [p, p], [0, 0]])
+            x = tf.nn.conv2d(x, tf.cast(weight, x.dtype), strides=self.stride, padding="VALID",
+                             dilations=self.dilation)
         if bias is not None:
             x = tf.nn.bias_add(x, tf.cast(bias, x.dtype))
         if norm is not None:

@@ -23,7 +23,7 @@ from typing import Dict, List
 import tensorflow as tf
 
 from tfmrcnn.modeling.fpn import build_resnet_fpn_backbone
-from tfmrcnn.modeling.layers import named_variables
+from tfmrcnn.modeling.layers import named_variables, winograd_conv3x3
 from tfmrcnn.modeling.norm import norm_variables
 from tfmrcnn.modeling.roi_heads import StandardROIHeads
 from tfmrcnn.modeling.rpn import RPN
@@ -69,13 +69,16 @@ class GeneralizedRCNN(tf.Module):
         self.train_dtype = _compute_dtype(cfg.SOLVER.AMP.ENABLED, cfg.TRAINER.AMP_DTYPE)
         self.test_dtype = _compute_dtype(cfg.TEST.BF16_INFERENCE, "bfloat16")
 
-        self.backbone = build_resnet_fpn_backbone(cfg)
-        self.rpn_in_features: List[str] = list(cfg.MODEL.RPN.IN_FEATURES)
-        self.roi_in_features: List[str] = list(cfg.MODEL.ROI_HEADS.IN_FEATURES)
-        channels, strides = self.backbone.out_channels, self.backbone.strides
-        self.proposal_generator = RPN(cfg, channels, [strides[f] for f in self.rpn_in_features])
-        self.roi_heads = StandardROIHeads(cfg, channels,
-                                          [strides[f] for f in self.roi_in_features])
+        self.winograd = bool(cfg.MODEL.WINOGRAD) and not tf.config.list_logical_devices("GPU")
+        with winograd_conv3x3(self.winograd):
+            self.backbone = build_resnet_fpn_backbone(cfg)
+            self.rpn_in_features: List[str] = list(cfg.MODEL.RPN.IN_FEATURES)
+            self.roi_in_features: List[str] = list(cfg.MODEL.ROI_HEADS.IN_FEATURES)
+            channels, strides = self.backbone.out_channels, self.backbone.strides
+            self.proposal_generator = RPN(cfg, channels,
+                                          [strides[f] for f in self.rpn_in_features])
+            self.roi_heads = StandardROIHeads(cfg, channels,
+                                              [strides[f] for f in self.roi_in_features])
 
     # ------------------------------------------------------------------ data flow
     def normalize(self, images, image_sizes, dtype=tf.float32):
