@@ -8,7 +8,8 @@
 // independent matrix products. The products are done by TensorFlow's batched matmul; this file
 // owns the four memory-bound tile transforms:
 //   GatherTiles<InputTransform>       x (N, H, W, C) -> v (36, P, C)  v = B^T d B
-//   ScatterTiles<OutputTransform>     m (36, P, K) -> y (N, H, W, K)  y = A^T m A (cropped)
+//   ScatterTiles<OutputTransform>     m (36, P, K) -> y (N, H, W, K)  y = A^T m A (cropped),
+//                                     optionally + bias and ReLU (the conv layer's epilogue)
 //   GatherTiles<OutputTransformGrad>  dy (N, H, W, K) -> dm (36, P, K)  dm = A dy A^T
 //   ScatterTiles<InputTransformGrad>  dv (36, P, C) -> dx (N, H, W, C)  dx += B dv B^T
 // P = N * ceil(H/4) * ceil(W/4) tiles, ordered (n, tile row, tile column). Row k of the 36 is
@@ -126,9 +127,12 @@ inline void GatherTiles(const Geometry& g, const T* pixels, int64_t begin, int64
 }
 
 // Transformed tiles -> pixels for tiles [begin, end): the (L s L^T) tile is written (or added,
-// kAccumulate) at its pixel window, cropped to the image.
-template <typename T, typename Tr, bool kAccumulate>
-inline void ScatterTiles(const Geometry& g, const T* in, int64_t begin, int64_t end, T* pixels) {
+// kAccumulate) at its pixel window, cropped to the image. When writing, `bias` (C values, or
+// null) is added and kRelu clamps at 0, so that a conv layer needs no extra pass over its output.
+template <typename T, typename Tr, bool kAccumulate, bool kRelu = false>
+inline void ScatterTiles(const Geometry& g, const T* in, int64_t begin, int64_t end, T* pixels,
+                         const T* bias = nullptr) {
+  static_assert(!(kAccumulate && kRelu), "ReLU applies to the final value only");
   constexpr int kIn = Tr::kIn, kOut = Tr::kOut;
   const int64_t C = g.channels, plane = g.Tiles() * C;
   T s[kIn][kIn][kBlock];
@@ -173,7 +177,8 @@ inline void ScatterTiles(const Geometry& g, const T* in, int64_t begin, int64_t 
             if (kAccumulate) {
               dst[c] += acc;
             } else {
-              dst[c] = acc;
+              if (bias != nullptr) acc += bias[c0 + c];
+              dst[c] = kRelu ? std::max(acc, T(0)) : acc;
             }
           }
         }

@@ -89,10 +89,13 @@ REGISTER_OP("WinogradInputTransformGrad")
 REGISTER_OP("WinogradOutputTransform")
     .Input("m: T")                // (36, P, K)
     .Input("image_shape: int32")  // (3,) [N, H, W] of the output
+    .Input("bias: T")             // (K,) added to every pixel, or (0,) for none
     .Output("y: T")               // (N, H, W, K)
     .Attr("T: {float, double}")
+    .Attr("relu: bool = false")
     .SetShapeFn(TilesToPixelsShape)
-    .Doc("Winograd F(4x4,3x3) output transform A^T m A of every tile, cropped to (H, W).");
+    .Doc("Winograd F(4x4,3x3) output transform A^T m A of every tile, cropped to (H, W), "
+         "plus bias, then ReLU if relu.");
 
 REGISTER_OP("WinogradOutputTransformGrad")
     .Input("grad: T")   // (N, H, W, K)
@@ -121,8 +124,12 @@ TFMRCNN_CPU_CLONES void OutputTransformGradF(const Geometry& g, const float* dy,
   winograd::GatherTiles<float, winograd::OutputTransformGrad>(g, dy, b, e, dm);
 }
 TFMRCNN_CPU_CLONES void OutputTransformF(const Geometry& g, const float* m, int64_t b, int64_t e,
-                                         float* y) {
-  winograd::ScatterTiles<float, winograd::OutputTransform, false>(g, m, b, e, y);
+                                         float* y, const float* bias, bool relu) {
+  if (relu) {
+    winograd::ScatterTiles<float, winograd::OutputTransform, false, true>(g, m, b, e, y, bias);
+  } else {
+    winograd::ScatterTiles<float, winograd::OutputTransform, false, false>(g, m, b, e, y, bias);
+  }
 }
 TFMRCNN_CPU_CLONES void InputTransformGradF(const Geometry& g, const float* dv, int64_t b,
                                             int64_t e, float* dx) {
@@ -138,8 +145,13 @@ struct Transforms {
   static void OutputGrad(const Geometry& g, const T* x, int64_t b, int64_t e, T* v) {
     winograd::GatherTiles<T, winograd::OutputTransformGrad>(g, x, b, e, v);
   }
-  static void Output(const Geometry& g, const T* m, int64_t b, int64_t e, T* y) {
-    winograd::ScatterTiles<T, winograd::OutputTransform, false>(g, m, b, e, y);
+  static void Output(const Geometry& g, const T* m, int64_t b, int64_t e, T* y, const T* bias,
+                     bool relu) {
+    if (relu) {
+      winograd::ScatterTiles<T, winograd::OutputTransform, false, true>(g, m, b, e, y, bias);
+    } else {
+      winograd::ScatterTiles<T, winograd::OutputTransform, false, false>(g, m, b, e, y, bias);
+    }
   }
   static void InputGrad(const Geometry& g, const T* m, int64_t b, int64_t e, T* y) {
     winograd::ScatterTiles<T, winograd::InputTransformGrad, true>(g, m, b, e, y);
@@ -245,11 +257,19 @@ class WinogradOutputTransformGradOp : public OpKernel {
 template <typename T>
 class WinogradOutputTransformOp : public OpKernel {
  public:
-  explicit WinogradOutputTransformOp(OpKernelConstruction* ctx) : OpKernel(ctx) {}
+  explicit WinogradOutputTransformOp(OpKernelConstruction* ctx) : OpKernel(ctx) {
+    OP_REQUIRES_OK(ctx, ctx->GetAttr("relu", &relu_));
+  }
   void Compute(OpKernelContext* ctx) override {
     const Tensor& m = ctx->input(0);
+    const Tensor& bias = ctx->input(2);
     Geometry g;
     OP_REQUIRES_OK(ctx, GeometryOfTiles(m, ctx->input(1), &g));
+    OP_REQUIRES(ctx, bias.dims() == 1 && (bias.dim_size(0) == 0 || bias.dim_size(0) == g.channels),
+                absl::InvalidArgumentError("bias must be (K,) with K = " +
+                                           std::to_string(g.channels) + " or empty, got " +
+                                           bias.shape().DebugString()));
+    const T* b = bias.NumElements() > 0 ? bias.flat<T>().data() : nullptr;
     Tensor* y = nullptr;
     OP_REQUIRES_OK(ctx, ctx->allocate_output(
                             0, TensorShape({g.batch, g.height, g.width, g.channels}), &y));
@@ -257,8 +277,13 @@ class WinogradOutputTransformOp : public OpKernel {
     const T* src = m.flat<T>().data();
     T* dst = y->flat<T>().data();
     // 4x4 output tiles are disjoint and cover the image: every pixel is written once.
-    ForTiles(ctx, g, [&](int64_t b, int64_t e) { Transforms<T>::Output(g, src, b, e, dst); });
+    ForTiles(ctx, g, [&](int64_t begin, int64_t end) {
+      Transforms<T>::Output(g, src, begin, end, dst, b, relu_);
+    });
   }
+
+ private:
+  bool relu_ = false;
 };
 
 template <typename T>

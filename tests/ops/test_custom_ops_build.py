@@ -25,12 +25,15 @@ def test_second_build_is_a_one_line_no_op():
 
 
 @pytest.mark.slow
-def test_benchmark_driver_runs_the_roi_align_section():
+def test_benchmark_driver_runs_the_custom_op_sections():
     proc = subprocess.run([sys.executable, os.path.join(ROOT, "scripts", "benchmark.py"),
-                           "roi_align", "--quick", "--repeats", "1", "--warmup", "0"],
+                           "roi_align", "conv3x3", "--quick", "--repeats", "1", "--warmup", "0"],
                           cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     assert proc.returncode == 0, proc.stderr
     lines = proc.stdout.splitlines()
     assert lines[0].startswith("# ") and "load average" in lines[0]
     rows = [line for line in lines if line.startswith("roi_align ")]
     assert len(rows) == 10  # 2 sizes x (4 implementations + torchvision reference)
+    conv_rows = [line.split() for line in lines if line.startswith("conv3x3 ")]
+    assert [r[3] for r in conv_rows] == ["direct", "winograd"]
+    assert float(conv_rows[1][-1]) < 1e-4  # the Winograd result's error against direct

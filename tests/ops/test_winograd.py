@@ -70,6 +70,28 @@ def test_gradients_match_numpy(shape):
     np.testing.assert_allclose(dk.numpy(), want_dk, rtol=1e-9, atol=1e-9)
 
 
+@pytest.mark.parametrize("relu", [False, True])
+def test_fused_bias_and_relu_match_numpy_with_gradients(relu):
+    rng = np.random.default_rng(7)
+    x, kernel = rng.normal(0, 1, (2, 6, 9, 3)), rng.normal(0, 1, (3, 3, 3, 4))
+    bias, dy = rng.normal(0, 1, (4,)), rng.normal(0, 1, (2, 6, 9, 4))
+    pre = np_conv3x3(x, kernel) + bias
+    want = np.maximum(pre, 0) if relu else pre
+    assert (pre < 0).any() and (pre > 0).any()
+    tx, tk, tb = tf.constant(x), tf.constant(kernel), tf.constant(bias)
+    with tf.GradientTape() as tape:
+        tape.watch([tx, tk, tb])
+        y = conv3x3(tx, tk, tb, relu=relu)
+        loss = tf.reduce_sum(y * dy)
+    np.testing.assert_allclose(y.numpy(), want, rtol=1e-10, atol=1e-10)
+    dx, dk, db = tape.gradient(loss, [tx, tk, tb])
+    dpre = dy * (pre > 0) if relu else dy
+    want_dx, want_dk = np_conv3x3_grads(x, kernel, dpre)
+    np.testing.assert_allclose(dx.numpy(), want_dx, rtol=1e-9, atol=1e-9)
+    np.testing.assert_allclose(dk.numpy(), want_dk, rtol=1e-9, atol=1e-9)
+    np.testing.assert_allclose(db.numpy(), dpre.sum(axis=(0, 1, 2)), rtol=1e-9, atol=1e-9)
+
+
 def test_numerical_jacobian():
     rng = np.random.default_rng(3)
     x, kernel = rng.normal(0, 1, (1, 5, 6, 2)), rng.normal(0, 1, (3, 3, 2, 2))
@@ -93,7 +115,7 @@ def test_transform_gradients_are_adjoints(n, h, w, c):
     np.testing.assert_allclose(np.vdot(tx, v),
                                np.vdot(x, lib.winograd_input_transform_grad(v, image_shape)),
                                rtol=1e-10)
-    y = lib.winograd_output_transform(v, image_shape).numpy()
+    y = lib.winograd_output_transform(v, image_shape, tf.zeros([0], tf.float64)).numpy()
     assert y.shape == (n, h, w, c)
     np.testing.assert_allclose(np.vdot(y, x),
                                np.vdot(v, lib.winograd_output_transform_grad(x)), rtol=1e-10)
@@ -102,7 +124,9 @@ def test_transform_gradients_are_adjoints(n, h, w, c):
 def test_mismatched_tiles_and_image_shape_is_a_clear_error():
     lib = load_library()
     with pytest.raises(tf.errors.InvalidArgumentError, match="P = 3 but image_shape"):
-        lib.winograd_output_transform(tf.zeros((36, 3, 2)), tf.constant([1, 8, 8]))
+        lib.winograd_output_transform(tf.zeros((36, 3, 2)), tf.constant([1, 8, 8]), tf.zeros([0]))
+    with pytest.raises(tf.errors.InvalidArgumentError, match="bias must be"):
+        lib.winograd_output_transform(tf.zeros((36, 4, 2)), tf.constant([1, 8, 8]), tf.zeros([3]))
     with pytest.raises(tf.errors.InvalidArgumentError, match="rank 4"):
         lib.winograd_input_transform(tf.zeros((3, 8, 8)))
 
@@ -134,3 +158,20 @@ def test_conv2d_layer_uses_winograd_for_3x3_stride_1_only(norm):
     assert wino(tf.cast(x, tf.bfloat16)).dtype == tf.bfloat16
     for k, stride in ((1, 1), (3, 2)):
         assert not _conv_pair(rng, k, stride, norm)[1].winograd
+
+
+def test_conv2d_layer_gradients_through_the_fused_epilogue():
+    rng = np.random.default_rng(6)
+    direct, wino = _conv_pair(rng, 3, 1, norm=False)  # bias + ReLU, both fused
+    direct.bias.assign(rng.normal(0, 3, 8).astype(np.float32))
+    wino.bias.assign(direct.bias)
+    x = tf.constant(rng.normal(0, 1, (1, 7, 5, 16)).astype(np.float32))
+    grads = []
+    for layer in (direct, wino):
+        with tf.GradientTape() as tape:
+            y = layer(x)
+            loss = tf.reduce_sum(y * y)
+        grads.append([g.numpy() for g in tape.gradient(loss, [layer.weight, layer.bias])])
+    assert (direct(x).numpy() == 0).any()
+    for g_direct, g_wino in zip(*grads):
+        np.testing.assert_allclose(g_wino, g_direct, rtol=0, atol=1e-4 * np.abs(g_direct).max())

@@ -112,9 +112,14 @@ class Conv2D(NamedModule):
             weight = weight * scale  # HWIO: scales the output channels
             bias = shift if bias is None else shift + bias * scale
             norm = None
+        activation = self.activation
         if self.winograd and x.dtype == tf.float32:
             from tfmrcnn.ops.winograd import conv3x3  # needs the compiled op library
-            x = conv3x3(x, weight)
+            # the bias, and the ReLU when no norm sits between, go into the output transform
+            fuse_relu = norm is None and activation is tf.nn.relu
+            x = conv3x3(x, weight, bias, relu=fuse_relu)
+            bias = None
+            activation = None if fuse_relu else activation
         else:
             if self.padding:
                 p = self.padding
@@ -125,8 +130,8 @@ class Conv2D(NamedModule):
             x = tf.nn.bias_add(x, tf.cast(bias, x.dtype))
         if norm is not None:
             x = norm(x, training=training)
-        if self.activation is not None:
-            x = self.activation(x)
+        if activation is not None:
+            x = activation(x)
         return x
 
 

@@ -40,17 +40,20 @@ def transform_kernel(kernel):
     return tf.reshape(u, [_ALPHA * _ALPHA, c, k])
 
 
-def conv3x3(x, kernel):
-    """Same result as ``tf.nn.conv2d(tf.pad(x, 1 pixel), kernel, 1, 'VALID')``.
+def conv3x3(x, kernel, bias=None, relu: bool = False):
+    """Same result as ``tf.nn.conv2d(tf.pad(x, 1 pixel), kernel, 1, 'VALID')`` (+ bias, then
+    ReLU if `relu`; both are applied inside the output transform, not as extra passes).
 
-    x: (N, H, W, C) float32; kernel: (3, 3, C, K). Returns (N, H, W, K). Differentiable with
-    respect to both. CPU only (the tile transforms have no GPU kernel).
+    x: (N, H, W, C) float32; kernel: (3, 3, C, K); bias: (K,) or None. Returns (N, H, W, K).
+    Differentiable with respect to x, kernel and bias. CPU only (the tile transforms have no
+    GPU kernel).
     """
     lib = load_library()
     image_shape = tf.shape(x, out_type=tf.int32)[:3]       # [N, H, W]
     tiles = lib.winograd_input_transform(x)                # (36, P, C)
     products = tf.matmul(tiles, transform_kernel(kernel))  # (36, P, K)
-    return lib.winograd_output_transform(products, image_shape)
+    bias = tf.zeros([0], x.dtype) if bias is None else tf.cast(bias, x.dtype)
+    return lib.winograd_output_transform(products, image_shape, bias, relu=bool(relu))
 
 
 @tf.RegisterGradient("WinogradInputTransform")
@@ -61,4 +64,9 @@ def _input_transform_gradient(op, grad):
 
 @tf.RegisterGradient("WinogradOutputTransform")
 def _output_transform_gradient(op, grad):
-    return [load_library().winograd_output_transform_grad(grad), None]
+    # grad: (N, H, W, K) of the output y
+    if op.get_attr("relu"):
+        grad = tf.where(op.outputs[0] > 0, grad, tf.zeros_like(grad))
+    bias = op.inputs[2]
+    grad_bias = tf.reduce_sum(grad, axis=[0, 1, 2]) if bias.shape[0] != 0 else tf.zeros_like(bias)
+    return [load_library().winograd_output_transform_grad(grad), None, grad_bias]
