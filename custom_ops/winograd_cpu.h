@@ -72,6 +72,25 @@ inline void TileOrigin(const Geometry& g, int64_t tile, int64_t* n, int64_t* y0,
   *x0 = (r % g.TilesW()) * kOutTile - Tr::kOffset;
 }
 
+// First pass of a two-sided transform: t[o][j] = sum_i L(o, i) in[i][j] for cb channels.
+template <typename T, typename Tr>
+inline void TransformRows(const T (&in)[Tr::kIn][Tr::kIn][kBlock], int cb,
+                          T (&t)[Tr::kOut][Tr::kIn][kBlock]) {
+#pragma GCC unroll 6
+  for (int o = 0; o < Tr::kOut; ++o) {
+    for (int j = 0; j < Tr::kIn; ++j) {
+      for (int c = 0; c < cb; ++c) {
+        T s = 0;
+#pragma GCC unroll 6
+        for (int i = 0; i < Tr::kIn; ++i) {
+          if (Tr::L(o, i) != 0) s += T(Tr::L(o, i)) * in[i][j][c];
+        }
+        t[o][j][c] = s;
+      }
+    }
+  }
+}
+
 // Pixels -> transformed tiles for tiles [begin, end): out[k][tile][c] = (L t L^T)[k / 6][k % 6].
 template <typename T, typename Tr>
 inline void GatherTiles(const Geometry& g, const T* pixels, int64_t begin, int64_t end, T* out) {
@@ -95,19 +114,7 @@ inline void GatherTiles(const Geometry& g, const T* pixels, int64_t begin, int64
           }
         }
       }
-#pragma GCC unroll 6
-      for (int o = 0; o < kOut; ++o) {
-        for (int j = 0; j < kIn; ++j) {
-          for (int c = 0; c < cb; ++c) {
-            T s = 0;
-#pragma GCC unroll 6
-            for (int i = 0; i < kIn; ++i) {
-              if (Tr::L(o, i) != 0) s += T(Tr::L(o, i)) * d[i][j][c];
-            }
-            t[o][j][c] = s;
-          }
-        }
-      }
+      TransformRows<T, Tr>(d, cb, t);
       for (int o = 0; o < kOut; ++o) {
 #pragma GCC unroll 6
         for (int p = 0; p < kOut; ++p) {
@@ -147,19 +154,7 @@ inline void ScatterTiles(const Geometry& g, const T* in, int64_t begin, int64_t 
           std::copy_n(in + (a * kIn + b) * plane + tile * C + c0, cb, s[a][b]);
         }
       }
-#pragma GCC unroll 6
-      for (int o = 0; o < kOut; ++o) {
-        for (int b = 0; b < kIn; ++b) {
-          for (int c = 0; c < cb; ++c) {
-            T acc = 0;
-#pragma GCC unroll 6
-            for (int a = 0; a < kIn; ++a) {
-              if (Tr::L(o, a) != 0) acc += T(Tr::L(o, a)) * s[a][b][c];
-            }
-            t[o][b][c] = acc;
-          }
-        }
-      }
+      TransformRows<T, Tr>(s, cb, t);
       for (int o = 0; o < kOut; ++o) {
         const int64_t y = y0 + o;
         if (y < 0 || y >= g.height) continue;

@@ -218,39 +218,29 @@ void ForTiles(OpKernelContext* ctx, const Geometry& g, Fn fn) {
 
 }  // namespace
 
-template <typename T>
-class WinogradInputTransformOp : public OpKernel {
+// WinogradInputTransform (kOutputGrad false) and WinogradOutputTransformGrad (true): pixels
+// (N, H, W, C) -> transformed tiles (36, P, C).
+template <typename T, bool kOutputGrad>
+class WinogradPixelsToTilesOp : public OpKernel {
  public:
-  explicit WinogradInputTransformOp(OpKernelConstruction* ctx) : OpKernel(ctx) {}
+  explicit WinogradPixelsToTilesOp(OpKernelConstruction* ctx) : OpKernel(ctx) {}
   void Compute(OpKernelContext* ctx) override {
-    const Tensor& x = ctx->input(0);
+    const Tensor& pixels = ctx->input(0);
     Geometry g;
-    OP_REQUIRES_OK(ctx, GeometryOfPixels(x, &g));
-    Tensor* v = nullptr;
+    OP_REQUIRES_OK(ctx, GeometryOfPixels(pixels, &g));
+    Tensor* tiles = nullptr;
     OP_REQUIRES_OK(ctx, ctx->allocate_output(0, TensorShape({kTransformed, g.Tiles(), g.channels}),
-                                             &v));
-    if (v->NumElements() == 0) return;
-    const T* src = x.flat<T>().data();
-    T* dst = v->flat<T>().data();
-    ForTiles(ctx, g, [&](int64_t b, int64_t e) { Transforms<T>::Input(g, src, b, e, dst); });
-  }
-};
-
-template <typename T>
-class WinogradOutputTransformGradOp : public OpKernel {
- public:
-  explicit WinogradOutputTransformGradOp(OpKernelConstruction* ctx) : OpKernel(ctx) {}
-  void Compute(OpKernelContext* ctx) override {
-    const Tensor& dy = ctx->input(0);
-    Geometry g;
-    OP_REQUIRES_OK(ctx, GeometryOfPixels(dy, &g));
-    Tensor* dm = nullptr;
-    OP_REQUIRES_OK(ctx, ctx->allocate_output(0, TensorShape({kTransformed, g.Tiles(), g.channels}),
-                                             &dm));
-    if (dm->NumElements() == 0) return;
-    const T* src = dy.flat<T>().data();
-    T* dst = dm->flat<T>().data();
-    ForTiles(ctx, g, [&](int64_t b, int64_t e) { Transforms<T>::OutputGrad(g, src, b, e, dst); });
+                                             &tiles));
+    if (tiles->NumElements() == 0) return;
+    const T* src = pixels.flat<T>().data();
+    T* dst = tiles->flat<T>().data();
+    ForTiles(ctx, g, [&](int64_t b, int64_t e) {
+      if (kOutputGrad) {
+        Transforms<T>::OutputGrad(g, src, b, e, dst);
+      } else {
+        Transforms<T>::Input(g, src, b, e, dst);
+      }
+    });
   }
 };
 
@@ -326,7 +316,7 @@ class WinogradInputTransformGradOp : public OpKernel {
 #define TFMRCNN_REGISTER_WINOGRAD(T)                                                      \
   REGISTER_KERNEL_BUILDER(                                                                \
       Name("WinogradInputTransform").Device(DEVICE_CPU).TypeConstraint<T>("T"),           \
-      WinogradInputTransformOp<T>);                                                       \
+      WinogradPixelsToTilesOp<T, false>);                                                 \
   REGISTER_KERNEL_BUILDER(Name("WinogradInputTransformGrad")                              \
                               .Device(DEVICE_CPU)                                         \
                               .TypeConstraint<T>("T")                                     \
@@ -339,7 +329,7 @@ class WinogradInputTransformGradOp : public OpKernel {
                           WinogradOutputTransformOp<T>);                                  \
   REGISTER_KERNEL_BUILDER(                                                                \
       Name("WinogradOutputTransformGrad").Device(DEVICE_CPU).TypeConstraint<T>("T"),      \
-      WinogradOutputTransformGradOp<T>);
+      WinogradPixelsToTilesOp<T, true>);
 
 TFMRCNN_REGISTER_WINOGRAD(float)
 TFMRCNN_REGISTER_WINOGRAD(double)
