@@ -39,6 +39,8 @@ IMAGES_PER_PROCESS = 2
 # GN: the demo's norm (no communication in the forward pass); BN: per-process statistics;
 # SyncBN: one allreduce per norm layer and direction
 NORMS = ("GN", "BN", "SyncBN")
+# extra config overrides for every worker ("KEY VALUE ..."), set by the driver's --opts
+OPTS_ENV = "TFMRCNN_SCALING_OPTS"
 # launches per case: single runs of the same step varied by up to 1.6x on the 2 shared cores
 ROUNDS = 3
 
@@ -59,7 +61,8 @@ def worker(opts):
     tf = m.setup_threads(opts.threads, 1)
     from tfmrcnn.engine.solver import WarmupMultiStepLR, build_optimizer
     from tfmrcnn.engine.trainer import make_train_step
-    cfg = m.make_cfg(m.DEMO_CONFIG, ["MODEL.RESNETS.NORM", opts.norm])
+    cfg = m.make_cfg(m.DEMO_CONFIG, ["MODEL.RESNETS.NORM", opts.norm]
+                     + os.environ.get(OPTS_ENV, "").split())
     model = m.build_model(cfg, seed=0)
     batch = m.synthetic_batch(IMAGES_PER_PROCESS, m.DEMO_HW, 4, 3, seed=hvd.rank())
     optimizer = build_optimizer(cfg, model)
@@ -187,12 +190,16 @@ def main(argv=None):
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--norms", nargs="*", default=None, help="driver: norms to measure")
     p.add_argument("--rounds", type=int, default=ROUNDS, help="driver: launches per case")
+    p.add_argument("--opts", nargs="*", default=[],
+                   help="driver: config overrides for every worker, e.g. MODEL.WINOGRAD False")
     opts = p.parse_args(argv)
     if ROOT not in sys.path:
         sys.path.insert(0, ROOT)
     if opts.worker:
         worker(opts)
     else:  # standalone: print the rows
+        if opts.opts:
+            os.environ[OPTS_ENV] = " ".join(opts.opts)  # inherited by every worker
         args = argparse.Namespace(quick=False, norms=opts.norms, rounds=opts.rounds)
         for row in run(args):
             print(row)
