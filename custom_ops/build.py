@@ -29,7 +29,7 @@ STAMP = os.path.join(WORK_DIR, "stamp.json")
 CC_SOURCES = ["roi_align_op.cc", "winograd_op.cc"]
 CU_SOURCES = ["roi_align_op_gpu.cu.cc"]
 HEADERS = ["roi_align_kernel.h", "roi_align_cpu.h", "roi_align_op.h", "roi_align_gpu_kernels.cu.h",
-           "winograd_cpu.h"]
+           "winograd_cpu.h", "cpu_workers.h"]
 WARNINGS = ["-Wno-deprecated-declarations", "-Wno-interference-size"]
 # SASS for these GPUs plus PTX of the last one (JIT-compiled on newer GPUs); override with e.g.
 # TFMRCNN_CUDA_ARCHS="80;90".

@@ -8,6 +8,7 @@
 
 #include "roi_align_cpu.h"
 #include "roi_align_op.h"
+#include "cpu_workers.h"
 #include "tensorflow/core/framework/op.h"
 #include "tensorflow/core/framework/op_kernel.h"
 #include "tensorflow/core/framework/shape_inference.h"
@@ -107,10 +108,6 @@ absl::Status CheckIndices(const Tensor& box_indices, int batch) {
     }
   }
   return absl::OkStatus();
-}
-
-tsl::thread::ThreadPool* Workers(OpKernelContext* ctx) {
-  return ctx->device()->tensorflow_cpu_worker_threads()->workers;
 }
 
 // Boundaries (num_bands + 1 values from 0 to N * H) of row bands of about equal backward work:

@@ -4,6 +4,7 @@
 #include <algorithm>
 #include <cstring>
 
+#include "cpu_workers.h"
 #include "tensorflow/core/framework/op.h"
 #include "tensorflow/core/framework/op_kernel.h"
 #include "tensorflow/core/framework/shape_inference.h"
@@ -167,10 +168,6 @@ struct Transforms<float> {
 
 // Work estimate per tile and channel for ParallelFor (about 36 x 12 multiply-adds).
 constexpr int64_t kCostPerTileChannel = 500;
-
-tsl::thread::ThreadPool* Workers(OpKernelContext* ctx) {
-  return ctx->device()->tensorflow_cpu_worker_threads()->workers;
-}
 
 absl::Status GeometryOfPixels(const Tensor& x, Geometry* g) {
   if (x.dims() != 4) {
