@@ -1,23 +1,37 @@
 """Benchmark section: 2-process Horovod weak scaling of the training step on the CPU.
 
-The same training loop (tfmrcnn.engine.trainer.make_train_step: losses, Horovod-averaged
-gradients, loss allreduce for the log, SGD) on the shapes demo config (configs/
-shapes_demo_cpu.yaml: R18-half + FPN 64, GN, 2 images of 192x256 per process) is launched
-with ``horovodrun -np N -H localhost:N --gloo`` for N = 1 and N = 2, each process with 1
-intra-op and 1 inter-op thread. Weak scaling: every process keeps its 2 images per step, so
-perfect scaling doubles the images/s:
+The training step (tfmrcnn.engine.trainer.make_train_step: losses, Horovod-averaged gradients,
+loss allreduce for the log, SGD) on the shapes demo config (configs/shapes_demo_cpu.yaml:
+R18-half + FPN 64, 2 images of 192x256 per process), each process with 1 intra-op and 1
+inter-op thread. Weak scaling: every process keeps its 2 images per step, so perfect scaling
+doubles the images/s:
 
-    efficiency = images/s (2 processes) / (2 x images/s (1 process))
+    efficiency = images/s (2 processes) / (2 x images/s (1 process)) = t_single / t_horovod
 
-images/s = N x 2 images / (median step wall time of rank 0 after warm-up; median over ROUNDS
-launches, interleaved), for each backbone norm
-in NORMS: GN (the demo's) and BN have no communication inside the forward and backward passes,
-SyncBN adds one allreduce per norm layer and direction. A third run per norm starts 2
-single-process workers side by side with no Horovod at all: the slower one's images/s against
-2 x the single worker's is the ceiling this machine allows (both cores' shared caches and
-memory bandwidth), so "weak scaling / ceiling" is the part that communication costs.
-cpu_s is the CPU time of rank 0 per step: with a busy machine, the wall numbers measure the
-other jobs as much as ours (2 processes need both cores to themselves).
+Why one launch with interleaved phases: this VM's speed drifts by up to 2x within a minute
+(the same single-process step read 0.32 s and 0.67 s in one run, session 4), so comparing a
+1-process launch with a 2-process launch made a minute later measured the machine, not Horovod
+(sessions 2 and 3 read 93.5 % and 77.7 % with the same code). Instead ONE ``horovodrun -np 2``
+launch alternates three phases of STEPS_PER_PHASE steps (first step of each phase dropped),
+ROUNDS times, in rotating order:
+
+  horovod      both ranks run the real step (gradients and logged losses averaged by Horovod);
+  single       rank 0 runs the same step without any Horovod op (identity all-reduce) while
+               rank 1 waits in a barrier: the 1 process x 1 thread baseline, slightly flattered
+               (a 1-process Horovod run would still pay its background thread);
+  independent  both ranks run the step without Horovod at the same time: the machine's own
+               ceiling (shared caches, memory bandwidth, the host's other tenants), which no
+               communication setting can beat.
+
+Core pinning (TRAINER.PIN_CPU_CORES, default on, as in tfmrcnn-train): each rank runs on its
+own core in the horovod and independent phases; for the single phase rank 0 is unpinned (all its
+threads may use both cores, as a lone process would), so the baseline is the flattering one.
+The driver also runs GN with ``--no-pin`` (the Linux scheduler places every thread) to show
+what pinning buys.
+
+Each round gives t_single / t_horovod and t_single / t_independent; the table reports their
+median over rounds with the spread. SyncBN's "single" and "independent" steps use BN (SyncBN on
+1 rank computes the same batch statistics) because SyncBN's all-reduce is inside the layers.
 
 Each worker prints its measurements; the driver side (`run`) starts horovodrun and reads them.
 """
@@ -41,8 +55,9 @@ IMAGES_PER_PROCESS = 2
 NORMS = ("GN", "BN", "SyncBN")
 # extra config overrides for every worker ("KEY VALUE ..."), set by the driver's --opts
 OPTS_ENV = "TFMRCNN_SCALING_OPTS"
-# launches per case: single runs of the same step varied by up to 1.6x on the 2 shared cores
-ROUNDS = 3
+PHASES = ("horovod", "single", "independent")
+ROUNDS = 8
+STEPS_PER_PHASE = 5
 
 
 def _bench_model():
@@ -53,39 +68,89 @@ def _bench_model():
     return module
 
 
-def worker(opts):
-    """One Horovod rank: build, broadcast, warm up, time `opts.steps` steps."""
-    m = _bench_model()
-    from tfmrcnn.engine.hvd_utils import init_horovod
-    hvd = init_horovod(sync_bn=opts.norm == "SyncBN")
-    tf = m.setup_threads(opts.threads, 1)
+class _NoHorovod:
+    """The part of ``horovod.tensorflow`` that make_train_step uses, for one process alone:
+    the all-reduces are the identity and the tape is TensorFlow's own."""
+
+    def __init__(self, hvd):
+        self.Compression, self.Average = hvd.Compression, hvd.Average
+
+    @staticmethod
+    def DistributedGradientTape(tape, **kwargs):  # noqa: N802 - horovod's name
+        return tape
+
+    @staticmethod
+    def allreduce(tensor, **kwargs):
+        return tensor
+
+
+def _build_step(m, tf, cfg, hvd, batch, seed):
     from tfmrcnn.engine.solver import WarmupMultiStepLR, build_optimizer
     from tfmrcnn.engine.trainer import make_train_step
-    cfg = m.make_cfg(m.DEMO_CONFIG, ["MODEL.RESNETS.NORM", opts.norm]
-                     + os.environ.get(OPTS_ENV, "").split())
-    model = m.build_model(cfg, seed=0)
-    batch = m.synthetic_batch(IMAGES_PER_PROCESS, m.DEMO_HW, 4, 3, seed=hvd.rank())
+    model = m.build_model(cfg, seed=seed)
     optimizer = build_optimizer(cfg, model)
     iteration = tf.Variable(0, dtype=tf.int64, trainable=False)
     step = make_train_step(model, optimizer, WarmupMultiStepLR.from_config(cfg), cfg, hvd,
                            iteration, m.batch_signature(batch))
-    hvd.broadcast_variables(list(model.variables) + list(optimizer.slots), root_rank=0)
+    return step, list(model.variables) + list(optimizer.slots)
+
+
+def worker(opts):
+    """One of the 2 Horovod ranks: build both steps, then the interleaved phases."""
+    m = _bench_model()
+    from tfmrcnn.engine.hvd_utils import cpu_cores_for_rank, init_horovod, set_process_affinity
+    hvd = init_horovod(sync_bn=opts.norm == "SyncBN")
+    rank = hvd.rank()
+    all_cores = sorted(os.sched_getaffinity(0))
+    my_cores = cpu_cores_for_rank(all_cores, hvd.local_rank(), hvd.local_size()) if opts.pin else None
+
+    def pin(cores):
+        if cores:
+            set_process_affinity(cores)
+
+    pin(my_cores)
+    tf = m.setup_threads(opts.threads, 1)
+    extra = os.environ.get(OPTS_ENV, "").split()
+    batch = m.synthetic_batch(IMAGES_PER_PROCESS, m.DEMO_HW, 4, 3, seed=rank)
     tensors = {k: tf.constant(v) for k, v in batch.items()}
-    t0 = time.perf_counter()
-    m.block(step(tensors))
-    first = time.perf_counter() - t0
-    for _ in range(opts.warmup):
-        m.block(step(tensors))
-    walls, cpus = [], []
-    for _ in range(opts.steps):
-        w0, c0 = time.perf_counter(), time.process_time()
-        m.block(step(tensors))
-        walls.append(time.perf_counter() - w0)
-        cpus.append(time.process_time() - c0)
-    print(MARKER + json.dumps({"rank": hvd.rank(), "size": hvd.size(), "norm": opts.norm,
-                               "step_s": statistics.median(walls),
-                               "cpu_s": statistics.median(cpus), "first_s": first}),
-          flush=True)
+    dist_cfg = m.make_cfg(m.DEMO_CONFIG, ["MODEL.RESNETS.NORM", opts.norm] + extra)
+    alone_norm = "BN" if opts.norm == "SyncBN" else opts.norm
+    alone_cfg = m.make_cfg(m.DEMO_CONFIG, ["MODEL.RESNETS.NORM", alone_norm] + extra)
+    dist_step, dist_vars = _build_step(m, tf, dist_cfg, hvd, batch, seed=0)
+    hvd.broadcast_variables(dist_vars, root_rank=0)
+    alone_step, _ = _build_step(m, tf, alone_cfg, _NoHorovod(hvd), batch, seed=0)
+
+    def barrier():
+        hvd.allreduce(tf.zeros(()), name="scaling_barrier").numpy()
+
+    def timed(step, n):
+        walls, cpus = [], []
+        for _ in range(n + 1):  # the first step after a phase switch is dropped
+            w0, c0 = time.perf_counter(), time.process_time()
+            m.block(step(tensors))
+            walls.append(time.perf_counter() - w0)
+            cpus.append(time.process_time() - c0)
+        return statistics.median(walls[1:]), statistics.median(cpus[1:])
+
+    for step in (dist_step, alone_step):  # trace and warm up
+        for _ in range(opts.warmup):
+            m.block(step(tensors))
+        barrier()
+    runs = {phase: [] for phase in PHASES}  # phase -> [(wall, cpu) per round]
+    for r in range(opts.rounds):
+        for phase in PHASES[r % 3:] + PHASES[:r % 3]:
+            barrier()
+            if phase == "horovod":
+                runs[phase].append(timed(dist_step, opts.steps))
+            elif phase == "independent":
+                runs[phase].append(timed(alone_step, opts.steps))
+            elif rank == 0:
+                pin(all_cores if my_cores else None)  # a lone process is not pinned
+                runs[phase].append(timed(alone_step, opts.steps))
+                pin(my_cores)
+            barrier()  # rank 1 waits here during rank 0's "single" phase
+    print(MARKER + json.dumps({"rank": rank, "size": hvd.size(), "norm": opts.norm,
+                               "cores": my_cores, "runs": runs}), flush=True)
 
 
 def _horovodrun():
@@ -93,103 +158,82 @@ def _horovodrun():
     return here if os.path.exists(here) else shutil.which("horovodrun")
 
 
-def _worker_cmd(norm: str, steps: int, warmup: int):
-    return [sys.executable, os.path.abspath(__file__), "--worker", "--norm", norm,
-            "--steps", str(steps), "--warmup", str(warmup)]
-
-
-def _worker_env():
-    return dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2", PYTHONPATH=ROOT)
-
-
 def _measurements(stdout: str):
     """The workers' MARKER rows (horovodrun prefixes every line with [rank]<stdout>:)."""
     return [json.loads(line.split(MARKER, 1)[1]) for line in stdout.splitlines() if MARKER in line]
 
 
-def launch(num_proc: int, norm: str, steps: int, warmup: int, timeout: int = 900):
-    """Run `num_proc` ranks under horovodrun --gloo; returns rank 0's measurement (or error)."""
-    cmd = [_horovodrun(), "-np", str(num_proc), "-H", f"localhost:{num_proc}", "--gloo",
-           *_worker_cmd(norm, steps, warmup)]
-    proc = subprocess.run(cmd, env=_worker_env(), capture_output=True, text=True,
-                          timeout=timeout)
-    found = _measurements(proc.stdout)
-    rank0 = [r for r in found if r["rank"] == 0]
-    if proc.returncode != 0 or not rank0:
+def launch(norm: str, pin: bool, rounds: int, steps: int, warmup: int, timeout: int = 1800):
+    """One ``horovodrun -np 2 --gloo`` launch; returns the two ranks' rows (or an error)."""
+    cmd = [_horovodrun(), "-np", "2", "-H", "localhost:2", "--gloo",
+           sys.executable, os.path.abspath(__file__), "--worker", "--norm", norm,
+           "--rounds", str(rounds), "--steps", str(steps), "--warmup", str(warmup)]
+    cmd += [] if pin else ["--no-pin"]
+    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2", PYTHONPATH=ROOT)
+    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=timeout)
+    found = sorted(_measurements(proc.stdout), key=lambda r: r["rank"])
+    if proc.returncode != 0 or len(found) != 2:
         return {"error": (proc.stderr or proc.stdout).strip()[-300:]}
-    out = rank0[0]
-    out["slowest_rank_step_s"] = max(r["step_s"] for r in found)
-    return out
+    return found
 
 
-def launch_independent(num_proc: int, norm: str, steps: int, warmup: int, timeout: int = 900):
-    """`num_proc` single-process workers at the same time, no Horovod between them: the
-    machine's own ceiling for weak scaling (shared caches, memory bandwidth, turbo), which no
-    communication setting can beat. Returns the slowest worker's measurement."""
-    procs = [subprocess.Popen(_worker_cmd(norm, steps, warmup), env=_worker_env(),
-                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-             for _ in range(num_proc)]
-    found, errors = [], []
-    for proc in procs:
-        out, err = proc.communicate(timeout=timeout)
-        rows = _measurements(out)
-        if proc.returncode == 0 and rows:
-            found.extend(rows)
-        else:
-            errors.append(err[-300:])
-    if errors:
-        return {"error": errors[0].strip()}
-    return max(found, key=lambda r: r["step_s"])
+def summarize(label: str, ranks):
+    """Table rows from the two ranks' per-round (wall, cpu) medians."""
+    r0, r1 = ranks[0]["runs"], ranks[1]["runs"]
+    single = [w for w, _ in r0["single"]]
+    horovod = [max(a[0], b[0]) for a, b in zip(r0["horovod"], r1["horovod"])]
+    independent = [max(a[0], b[0]) for a, b in zip(r0["independent"], r1["independent"])]
+    rows = []
+    for phase, walls, cpus, n in (
+            ("single", single, [c for _, c in r0["single"]], 1),
+            ("horovod", horovod, [c for _, c in r0["horovod"]], 2),
+            ("independent", independent, [c for _, c in r0["independent"]], 2)):
+        rows.append({"case": f"demo {label} {phase}", "processes": n, "threads": 1,
+                     "step_s": statistics.median(walls), "cpu_s": statistics.median(cpus),
+                     "images_per_s": n * IMAGES_PER_PROCESS / statistics.median(walls),
+                     "note": "median over rounds, each round's step_s: "
+                             + " ".join(f"{w:.3f}" for w in walls)})
+    for what, other in (("weak scaling", horovod),
+                        ("ceiling (independent processes)", independent)):
+        ratios = sorted(s / o for s, o in zip(single, other))
+        rows.append({"case": f"demo {label} {what}", "processes": 2,
+                     "efficiency": statistics.median(ratios),
+                     "note": f"median of {len(ratios)} rounds' t_single/t; "
+                             f"range {ratios[0]:.3f}-{ratios[-1]:.3f}"})
+    return rows
 
 
 def run(args):
     """The driver's entry point (scripts/benchmark.py scaling [--quick])."""
     if not _horovodrun():
         return [{"case": "horovod", "note": "horovodrun not found (scripts/setup.sh builds it)"}]
-    steps = 5 if args.quick else 20
-    warmup = 2 if args.quick else 5
-    rounds = 1 if args.quick else int(getattr(args, "rounds", None) or ROUNDS)
+    rounds = 2 if args.quick else int(getattr(args, "rounds", None) or ROUNDS)
+    steps = 2 if args.quick else STEPS_PER_PHASE
+    warmup = 2 if args.quick else 3
+    norms = args.norms if getattr(args, "norms", None) else NORMS
+    cases = [(norm, True) for norm in norms] + [(norms[0], False)]  # + the first one unpinned
     rows = []
-    for norm in args.norms if getattr(args, "norms", None) else NORMS:
-        runs = {}  # (processes, how) -> [measurement per round]
-        for _ in range(rounds):  # interleaved, so that a slow spell of the machine hits all
-            for n, how in ((1, "horovod"), (2, "horovod"), (2, "independent")):
-                r = (launch if how == "horovod" else launch_independent)(n, norm, steps, warmup)
-                runs.setdefault((n, how), []).append(r)
-        ips = {}
-        for (n, how), results in runs.items():
-            case = f"demo {norm} {IMAGES_PER_PROCESS} img/proc" + (
-                ", 2 independent processes (no Horovod: the machine's ceiling)"
-                if how == "independent" else "")
-            good = [r for r in results if "error" not in r]
-            if not good:
-                rows.append({"case": case, "processes": n, "note": "FAILED " + results[0]["error"]})
-                continue
-            step = statistics.median(r["step_s"] for r in good)
-            ips[(n, how)] = n * IMAGES_PER_PROCESS / step
-            rows.append({"case": case, "processes": n, "threads": 1, "step_s": step,
-                         "cpu_s": statistics.median(r["cpu_s"] for r in good),
-                         "images_per_s": ips[(n, how)],
-                         "note": f"median of {len(good)} runs, step_s each: "
-                                 + " ".join(f"{r['step_s']:.3f}" for r in good)})
-        one = ips.get((1, "horovod"))
-        for key, label in (((2, "horovod"), "weak scaling"),
-                           ((2, "independent"), "ceiling (independent processes)")):
-            if one and key in ips:
-                rows.append({"case": f"demo {norm} {label}", "processes": 2,
-                             "efficiency": ips[key] / (2 * one)})
+    for norm, pin in cases:
+        label = norm + ("" if pin else " unpinned")
+        found = launch(norm, pin, rounds, steps, warmup)
+        if isinstance(found, dict):
+            rows.append({"case": f"demo {label}", "note": "FAILED " + found["error"]})
+        else:
+            rows.extend(summarize(label, found))
     return rows
 
 
 def main(argv=None):
     p = argparse.ArgumentParser()
     p.add_argument("--worker", action="store_true")
-    p.add_argument("--norm", default="SyncBN")
-    p.add_argument("--steps", type=int, default=20)
-    p.add_argument("--warmup", type=int, default=5)
+    p.add_argument("--norm", default="GN")
+    p.add_argument("--steps", type=int, default=STEPS_PER_PHASE, help="timed steps per phase")
+    p.add_argument("--warmup", type=int, default=3)
     p.add_argument("--threads", type=int, default=1)
+    p.add_argument("--no-pin", dest="pin", action="store_false",
+                   help="worker: leave the ranks' threads to the scheduler (no core pinning)")
     p.add_argument("--norms", nargs="*", default=None, help="driver: norms to measure")
-    p.add_argument("--rounds", type=int, default=ROUNDS, help="driver: launches per case")
+    p.add_argument("--rounds", type=int, default=ROUNDS, help="rounds of the three phases")
     p.add_argument("--opts", nargs="*", default=[],
                    help="driver: config overrides for every worker, e.g. MODEL.WINOGRAD False")
     opts = p.parse_args(argv)

@@ -2,6 +2,8 @@
 
 Checks (rank by rank, then prints "OK rank=r"):
 * hvd.size() == 2 (a gloo-only Horovod under mpirun would give 1);
+* pin_devices gives the two ranks disjoint halves of the cores (every thread of the process,
+  including Horovod's, is pinned), or leaves them unpinned on a 1-core machine;
 * ranks start from different random weights; after the step the weights are identical
   (broadcast from rank 0);
 * the momentum buffer after one step is the gradient actually applied: it must equal the
@@ -17,12 +19,25 @@ import numpy as np  # noqa: E402
 import tensorflow as tf  # noqa: E402
 
 from engine_toy import ToyModel, toy_batch, toy_cfg, toy_data_fn  # noqa: E402
-from tfmrcnn.engine.hvd_utils import init_horovod  # noqa: E402
+from tfmrcnn.engine.hvd_utils import init_horovod, pin_devices  # noqa: E402
 from tfmrcnn.engine.trainer import Trainer  # noqa: E402
 
 hvd = init_horovod()
 assert hvd.size() == 2, f"hvd.size()={hvd.size()}, expected 2"
 rank = hvd.rank()
+
+before = sorted(os.sched_getaffinity(0))
+pin_devices(hvd.local_rank(), 1, hvd.local_size())
+masks = {os.sched_getaffinity(int(tid)) == os.sched_getaffinity(0)
+         for tid in os.listdir("/proc/self/task")}
+assert masks == {True}, "a thread was left unpinned"
+mine = np.zeros(max(before) + 1, np.int32)
+mine[sorted(os.sched_getaffinity(0))] = 1
+both = hvd.allgather(tf.constant(mine[None])).numpy()    # (2, cores) membership
+if len(before) >= 2:
+    assert both.sum(0).max() == 1 and both[0].sum() == both[1].sum() == len(before) // 2, both
+else:
+    assert sorted(os.sched_getaffinity(0)) == before
 out = sys.argv[1]
 
 cfg = toy_cfg(out, max_iter=1, checkpoint_period=0, batch=4, WEIGHT_DECAY=0.01, STEPS=(10,))

@@ -80,3 +80,32 @@ def test_cpu_cycle_time_depends_on_sync_bn(monkeypatch):
             monkeypatch.setenv("HOROVOD_CYCLE_TIME", user)
         hvd_utils.init_horovod(sync_bn=sync_bn)
     assert seen == ["20", "5", "3"]
+
+
+def test_cpu_cores_for_rank_splits_the_allowed_cores_evenly_and_disjointly():
+    from tfmrcnn.engine.hvd_utils import cpu_cores_for_rank
+
+    allowed = {7, 1, 3, 5, 9}
+    shares = [cpu_cores_for_rank(allowed, r, 2) for r in range(2)]
+    assert shares == [[1, 3], [5, 7]]                  # 2 each, the odd core left over
+    assert cpu_cores_for_rank(range(8), 3, 4) == [6, 7]
+    assert cpu_cores_for_rank(range(8), 0, 1) is None  # a lone process keeps every core
+    assert cpu_cores_for_rank([0], 1, 2) is None       # launcher already bound us to 1 core
+    assert cpu_cores_for_rank(range(2), 5, 8) is None  # more processes than cores
+
+
+def test_set_process_affinity_pins_running_and_later_threads():
+    code = ("import os, threading\n"
+            "from tfmrcnn.engine.hvd_utils import set_process_affinity\n"
+            "core = min(os.sched_getaffinity(0))\n"
+            "go = threading.Event()\n"
+            "early = threading.Thread(target=go.wait); early.start()\n"
+            "set_process_affinity([core])\n"
+            "late = threading.Thread(target=go.wait); late.start()\n"
+            "masks = [os.sched_getaffinity(t.native_id) for t in (early, late)]\n"
+            "go.set()\n"
+            "assert masks == [{core}, {core}] and os.sched_getaffinity(0) == {core}, masks\n"
+            "print('PINNED', core)\n")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60,
+                         env=dict(os.environ, PYTHONPATH=str(ROOT)))
+    assert out.returncode == 0 and "PINNED" in out.stdout, out.stderr

@@ -43,7 +43,7 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
-def _setup_horovod():
+def _setup_horovod(pin_cpu_cores: bool = True):
     """(rank, size): Horovod is initialised only under a multi-process launcher."""
     from tfmrcnn.engine.hvd_utils import init_horovod, launcher_world_size, pin_devices
 
@@ -51,7 +51,7 @@ def _setup_horovod():
         pin_devices(0)
         return 0, 1
     hvd = init_horovod()
-    pin_devices(hvd.local_rank())
+    pin_devices(hvd.local_rank(), local_size=hvd.local_size(), pin_cpu_cores=pin_cpu_cores)
     return hvd.rank(), hvd.size()
 
 
@@ -86,7 +86,7 @@ def main(argv: Optional[List[str]] = None) -> int:
         return 1
     dataset, output = _dataset_and_output(args, cfg)
 
-    rank, _ = _setup_horovod()
+    rank, _ = _setup_horovod(cfg.TRAINER.PIN_CPU_CORES)
     from tfmrcnn.checkpoint.weights_io import load_weights
     from tfmrcnn.evaluation.coco_evaluation import METRIC_NAMES, COCOEvaluator
     from tfmrcnn.evaluation.distributed import to_jsonable

@@ -177,7 +177,8 @@ def main(argv: Optional[List[str]] = None) -> int:
     from tfmrcnn.engine.hvd_utils import Watchdog, init_horovod, pin_devices, uses_sync_bn
 
     hvd = init_horovod(sync_bn=uses_sync_bn(cfg))
-    device = pin_devices(hvd.local_rank(), cfg.TRAINER.NUM_THREADS)
+    device = pin_devices(hvd.local_rank(), cfg.TRAINER.NUM_THREADS, hvd.local_size(),
+                         cfg.TRAINER.PIN_CPU_CORES)
     rank, size = hvd.rank(), hvd.size()
 
     from tfmrcnn.engine.logger import setup_logger
