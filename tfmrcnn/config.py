@@ -549,9 +549,10 @@ _C.SEED = -1  # random seed; negative = drawn from the OS
 _C.TRAINER = {}
 _C.TRAINER.LOG_PERIOD = 20  # log losses and timings every this many iterations
 _C.TRAINER.NUM_THREADS = 0  # intra-op threads per process; 0 = TensorFlow's default
-# CPU-only hosts with several processes: each local rank runs on its own share of the cores
-# (hvd_utils.pin_devices; 2-process weak scaling 97 % pinned vs 85-87 % unpinned on 2 cores)
-_C.TRAINER.PIN_CPU_CORES = True
+# CPU-only hosts with several processes: run each local rank on its own share of the cores
+# (hvd_utils.pin_devices). Off: on 2 cores it bought nothing for GN/BN and cost SyncBN, whose
+# Horovod thread then shares a core with the compute (scripts/bench/scaling.py, NOTES.md)
+_C.TRAINER.PIN_CPU_CORES = False
 _C.TRAINER.AMP_DTYPE = "float16"  # mixed-precision compute dtype: "float16" or "bfloat16"
 _C.TRAINER.FP16_ALLREDUCE = False  # compress gradients to float16 for the Horovod allreduce
 _C.TRAINER.MAX_GT_INSTANCES = 100  # gt instances per image are padded/truncated to this

@@ -12,26 +12,24 @@ Why one launch with interleaved phases: this VM's speed drifts by up to 2x withi
 (the same single-process step read 0.32 s and 0.67 s in one run, session 4), so comparing a
 1-process launch with a 2-process launch made a minute later measured the machine, not Horovod
 (sessions 2 and 3 read 93.5 % and 77.7 % with the same code). Instead ONE ``horovodrun -np 2``
-launch alternates three phases of STEPS_PER_PHASE steps (first step of each phase dropped),
+launch alternates four phases of STEPS_PER_PHASE steps (first step of each phase dropped),
 ROUNDS times, in rotating order:
 
-  horovod      both ranks run the real step (gradients and logged losses averaged by Horovod);
-  single       rank 0 runs the same step without any Horovod op (identity all-reduce) while
-               rank 1 waits in a barrier: the 1 process x 1 thread baseline, slightly flattered
-               (a 1-process Horovod run would still pay its background thread);
-  independent  both ranks run the step without Horovod at the same time: the machine's own
-               ceiling (shared caches, memory bandwidth, the host's other tenants), which no
-               communication setting can beat.
+  horovod         both ranks run the real step (gradients and logged losses averaged by
+                  Horovod), every thread free to run on both cores (the default);
+  horovod pinned  the same with each rank pinned to its own core (TRAINER.PIN_CPU_CORES True);
+  single          rank 0 runs the same step without any Horovod op (identity all-reduce) while
+                  rank 1 waits in a barrier: the 1 process x 1 thread baseline, slightly
+                  flattered (its side threads may use the idle core, and a 1-process Horovod
+                  run would still pay its background thread);
+  independent     both ranks run the step without Horovod at the same time: the machine's own
+                  ceiling (shared caches, memory bandwidth, the host's other tenants), which no
+                  communication setting can beat.
 
-Core pinning (TRAINER.PIN_CPU_CORES, default on, as in tfmrcnn-train): each rank runs on its
-own core in the horovod and independent phases; for the single phase rank 0 is unpinned (all its
-threads may use both cores, as a lone process would), so the baseline is the flattering one.
-The driver also runs GN with ``--no-pin`` (the Linux scheduler places every thread) to show
-what pinning buys.
-
-Each round gives t_single / t_horovod and t_single / t_independent; the table reports their
-median over rounds with the spread. SyncBN's "single" and "independent" steps use BN (SyncBN on
-1 rank computes the same batch statistics) because SyncBN's all-reduce is inside the layers.
+Each round gives t_single / t for the other phases; the table reports their median over rounds
+with the spread. SyncBN's "single" and "independent" steps use BN (SyncBN on 1 rank computes the
+same batch statistics) because SyncBN's all-reduce is inside the layers. Pinning is switched
+for all threads of the process (hvd_utils.set_process_affinity) around that phase.
 
 Each worker prints its measurements; the driver side (`run`) starts horovodrun and reads them.
 """
@@ -55,7 +53,7 @@ IMAGES_PER_PROCESS = 2
 NORMS = ("GN", "BN", "SyncBN")
 # extra config overrides for every worker ("KEY VALUE ..."), set by the driver's --opts
 OPTS_ENV = "TFMRCNN_SCALING_OPTS"
-PHASES = ("horovod", "single", "independent")
+PHASES = ("horovod", "horovod pinned", "single", "independent")
 ROUNDS = 8
 STEPS_PER_PHASE = 5
 
@@ -102,13 +100,7 @@ def worker(opts):
     hvd = init_horovod(sync_bn=opts.norm == "SyncBN")
     rank = hvd.rank()
     all_cores = sorted(os.sched_getaffinity(0))
-    my_cores = cpu_cores_for_rank(all_cores, hvd.local_rank(), hvd.local_size()) if opts.pin else None
-
-    def pin(cores):
-        if cores:
-            set_process_affinity(cores)
-
-    pin(my_cores)
+    my_cores = cpu_cores_for_rank(all_cores, hvd.local_rank(), hvd.local_size()) or all_cores
     tf = m.setup_threads(opts.threads, 1)
     extra = os.environ.get(OPTS_ENV, "").split()
     batch = m.synthetic_batch(IMAGES_PER_PROCESS, m.DEMO_HW, 4, 3, seed=rank)
@@ -138,16 +130,15 @@ def worker(opts):
         barrier()
     runs = {phase: [] for phase in PHASES}  # phase -> [(wall, cpu) per round]
     for r in range(opts.rounds):
-        for phase in PHASES[r % 3:] + PHASES[:r % 3]:
+        for phase in PHASES[r % len(PHASES):] + PHASES[:r % len(PHASES)]:
             barrier()
-            if phase == "horovod":
+            if phase == "horovod pinned":
+                set_process_affinity(my_cores)
+            if phase.startswith("horovod"):
                 runs[phase].append(timed(dist_step, opts.steps))
-            elif phase == "independent":
+            elif phase == "independent" or rank == 0:
                 runs[phase].append(timed(alone_step, opts.steps))
-            elif rank == 0:
-                pin(all_cores if my_cores else None)  # a lone process is not pinned
-                runs[phase].append(timed(alone_step, opts.steps))
-                pin(my_cores)
+            set_process_affinity(all_cores)
             barrier()  # rank 1 waits here during rank 0's "single" phase
     print(MARKER + json.dumps({"rank": rank, "size": hvd.size(), "norm": opts.norm,
                                "cores": my_cores, "runs": runs}), flush=True)
@@ -163,12 +154,11 @@ def _measurements(stdout: str):
     return [json.loads(line.split(MARKER, 1)[1]) for line in stdout.splitlines() if MARKER in line]
 
 
-def launch(norm: str, pin: bool, rounds: int, steps: int, warmup: int, timeout: int = 1800):
+def launch(norm: str, rounds: int, steps: int, warmup: int, timeout: int = 1800):
     """One ``horovodrun -np 2 --gloo`` launch; returns the two ranks' rows (or an error)."""
     cmd = [_horovodrun(), "-np", "2", "-H", "localhost:2", "--gloo",
            sys.executable, os.path.abspath(__file__), "--worker", "--norm", norm,
            "--rounds", str(rounds), "--steps", str(steps), "--warmup", str(warmup)]
-    cmd += [] if pin else ["--no-pin"]
     env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2", PYTHONPATH=ROOT)
     proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=timeout)
     found = sorted(_measurements(proc.stdout), key=lambda r: r["rank"])
@@ -177,26 +167,27 @@ def launch(norm: str, pin: bool, rounds: int, steps: int, warmup: int, timeout: 
     return found
 
 
-def summarize(label: str, ranks):
+def summarize(norm: str, ranks):
     """Table rows from the two ranks' per-round (wall, cpu) medians."""
     r0, r1 = ranks[0]["runs"], ranks[1]["runs"]
-    single = [w for w, _ in r0["single"]]
-    horovod = [max(a[0], b[0]) for a, b in zip(r0["horovod"], r1["horovod"])]
-    independent = [max(a[0], b[0]) for a, b in zip(r0["independent"], r1["independent"])]
+    walls = {"single": [w for w, _ in r0["single"]]}   # phase -> per-round step time
+    for phase in PHASES:
+        if phase != "single":  # both ranks ran: the step is as slow as the slower rank
+            walls[phase] = [max(a[0], b[0]) for a, b in zip(r0[phase], r1[phase])]
     rows = []
-    for phase, walls, cpus, n in (
-            ("single", single, [c for _, c in r0["single"]], 1),
-            ("horovod", horovod, [c for _, c in r0["horovod"]], 2),
-            ("independent", independent, [c for _, c in r0["independent"]], 2)):
-        rows.append({"case": f"demo {label} {phase}", "processes": n, "threads": 1,
-                     "step_s": statistics.median(walls), "cpu_s": statistics.median(cpus),
-                     "images_per_s": n * IMAGES_PER_PROCESS / statistics.median(walls),
+    for phase in PHASES:
+        n = 1 if phase == "single" else 2
+        step = statistics.median(walls[phase])
+        rows.append({"case": f"demo {norm} {phase}", "processes": n, "threads": 1,
+                     "step_s": step, "cpu_s": statistics.median(c for _, c in r0[phase]),
+                     "images_per_s": n * IMAGES_PER_PROCESS / step,
                      "note": "median over rounds, each round's step_s: "
-                             + " ".join(f"{w:.3f}" for w in walls)})
-    for what, other in (("weak scaling", horovod),
-                        ("ceiling (independent processes)", independent)):
-        ratios = sorted(s / o for s, o in zip(single, other))
-        rows.append({"case": f"demo {label} {what}", "processes": 2,
+                             + " ".join(f"{w:.3f}" for w in walls[phase])})
+    for phase, what in (("horovod", "weak scaling"),
+                        ("horovod pinned", "weak scaling, ranks pinned to cores"),
+                        ("independent", "ceiling (independent processes)")):
+        ratios = sorted(s / o for s, o in zip(walls["single"], walls[phase]))
+        rows.append({"case": f"demo {norm} {what}", "processes": 2,
                      "efficiency": statistics.median(ratios),
                      "note": f"median of {len(ratios)} rounds' t_single/t; "
                              f"range {ratios[0]:.3f}-{ratios[-1]:.3f}"})
@@ -207,19 +198,16 @@ def run(args):
     """The driver's entry point (scripts/benchmark.py scaling [--quick])."""
     if not _horovodrun():
         return [{"case": "horovod", "note": "horovodrun not found (scripts/setup.sh builds it)"}]
-    rounds = 2 if args.quick else int(getattr(args, "rounds", None) or ROUNDS)
+    rounds = 4 if args.quick else int(getattr(args, "rounds", None) or ROUNDS)
     steps = 2 if args.quick else STEPS_PER_PHASE
     warmup = 2 if args.quick else 3
-    norms = args.norms if getattr(args, "norms", None) else NORMS
-    cases = [(norm, True) for norm in norms] + [(norms[0], False)]  # + the first one unpinned
     rows = []
-    for norm, pin in cases:
-        label = norm + ("" if pin else " unpinned")
-        found = launch(norm, pin, rounds, steps, warmup)
+    for norm in args.norms if getattr(args, "norms", None) else NORMS:
+        found = launch(norm, rounds, steps, warmup)
         if isinstance(found, dict):
-            rows.append({"case": f"demo {label}", "note": "FAILED " + found["error"]})
+            rows.append({"case": f"demo {norm}", "note": "FAILED " + found["error"]})
         else:
-            rows.extend(summarize(label, found))
+            rows.extend(summarize(norm, found))
     return rows
 
 
@@ -230,10 +218,9 @@ def main(argv=None):
     p.add_argument("--steps", type=int, default=STEPS_PER_PHASE, help="timed steps per phase")
     p.add_argument("--warmup", type=int, default=3)
     p.add_argument("--threads", type=int, default=1)
-    p.add_argument("--no-pin", dest="pin", action="store_false",
-                   help="worker: leave the ranks' threads to the scheduler (no core pinning)")
     p.add_argument("--norms", nargs="*", default=None, help="driver: norms to measure")
-    p.add_argument("--rounds", type=int, default=ROUNDS, help="rounds of the three phases")
+    p.add_argument("--rounds", type=int, default=ROUNDS, help="rounds of the four phases")
+    p.add_argument("--quick", action="store_true", help="driver: 4 rounds of 2 steps (smoke test)")
     p.add_argument("--opts", nargs="*", default=[],
                    help="driver: config overrides for every worker, e.g. MODEL.WINOGRAD False")
     opts = p.parse_args(argv)
@@ -244,7 +231,7 @@ def main(argv=None):
     else:  # standalone: print the rows
         if opts.opts:
             os.environ[OPTS_ENV] = " ".join(opts.opts)  # inherited by every worker
-        args = argparse.Namespace(quick=False, norms=opts.norms, rounds=opts.rounds)
+        args = argparse.Namespace(quick=opts.quick, norms=opts.norms, rounds=opts.rounds)
         for row in run(args):
             print(row)
 

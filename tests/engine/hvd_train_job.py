@@ -27,7 +27,7 @@ assert hvd.size() == 2, f"hvd.size()={hvd.size()}, expected 2"
 rank = hvd.rank()
 
 before = sorted(os.sched_getaffinity(0))
-pin_devices(hvd.local_rank(), 1, hvd.local_size())
+pin_devices(hvd.local_rank(), 1, hvd.local_size(), pin_cpu_cores=True)
 masks = {os.sched_getaffinity(int(tid)) == os.sched_getaffinity(0)
          for tid in os.listdir("/proc/self/task")}
 assert masks == {True}, "a thread was left unpinned"

@@ -1,5 +1,7 @@
 """Multi-process and crash tests of the training loop (subprocesses; slow)."""
+import ast
 import os
+import statistics
 import pathlib
 import subprocess
 import sys
@@ -90,3 +92,24 @@ def test_eight_processes_tiny_config(tmp_path):
     assert (tmp_path / "model_final.npz").exists() and (tmp_path / "model_0000001.npz").exists()
     meta = np.load(tmp_path / "model_final.train_state.npz")["__meta__"]
     assert '"world_size": 8' in str(meta)
+
+
+@pytest.mark.slow
+def test_scaling_benchmark_runs_its_four_phases_in_one_launch():
+    """scripts/bench/scaling.py --quick: one 2-process horovodrun launch, every phase timed
+    (rank 1 waits during "single"), efficiency = median over rounds of t_single / t_phase."""
+    proc = _run([ROOT / "scripts" / "bench" / "scaling.py", "--norms", "GN", "--quick"],
+                timeout=900)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    rows = [ast.literal_eval(line) for line in proc.stdout.splitlines() if line.startswith("{")]
+    assert not [r for r in rows if "FAILED" in str(r.get("note"))], rows
+    rounds = {r["case"].replace("demo GN ", ""): [float(v) for v in r["note"].split(": ")[1].split()]
+              for r in rows if "step_s" in r}
+    assert set(rounds) == {"horovod", "horovod pinned", "single", "independent"}
+    assert all(len(v) == 4 and all(0 < t < 30 for t in v) for v in rounds.values()), rounds
+    eff = {r["case"].replace("demo GN ", ""): r["efficiency"] for r in rows if "efficiency" in r}
+    for case, phase in (("weak scaling", "horovod"),
+                        ("weak scaling, ranks pinned to cores", "horovod pinned"),
+                        ("ceiling (independent processes)", "independent")):
+        expected = statistics.median(s / t for s, t in zip(rounds["single"], rounds[phase]))
+        assert eff[case] == pytest.approx(expected, abs=5e-3), (case, eff, rounds)

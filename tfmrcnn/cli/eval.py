@@ -43,7 +43,7 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
-def _setup_horovod(pin_cpu_cores: bool = True):
+def _setup_horovod(pin_cpu_cores: bool = False):
     """(rank, size): Horovod is initialised only under a multi-process launcher."""
     from tfmrcnn.engine.hvd_utils import init_horovod, launcher_world_size, pin_devices
 

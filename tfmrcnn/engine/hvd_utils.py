@@ -127,17 +127,18 @@ def set_process_affinity(cores) -> None:
 
 
 def pin_devices(local_rank: int, num_threads: int = 0, local_size: int = 1,
-                pin_cpu_cores: bool = True) -> str:
+                pin_cpu_cores: bool = False) -> str:
     """Make only this process's GPU visible (memory growth on), or, on a CPU-only host, set
     the thread counts and give each local process its own cores.
 
-    Core pinning (``pin_cpu_cores``, TRAINER.PIN_CPU_CORES): with ``local_size`` processes on
-    one host, local rank r runs on the r-th equal share of the cores it may use (its affinity
-    mask, so a launcher's binding is split, never widened). Unpinned, the Linux scheduler
-    moves each rank's compute thread, Horovod background thread and input-pipeline threads
-    between the cores, and both ranks lose their caches: on 2 cores, the 2-process demo step
-    measured 85-87 % weak scaling unpinned and 97 % pinned (``python scripts/bench/scaling.py``,
-    NOTES.md). Must run before TensorFlow creates its devices. Returns a description for the log.
+    Core pinning (``pin_cpu_cores``, TRAINER.PIN_CPU_CORES, off by default): with
+    ``local_size`` processes on one host, local rank r runs on the r-th equal share of the cores
+    it may use (its affinity mask, so a launcher's binding is split, never widened). Measured on
+    2 cores, paired in one launch (``python scripts/bench/scaling.py``, NOTES.md): no gain for
+    the GN/BN demo step, a loss for SyncBN (its Horovod thread must answer ~40 all-reduces a
+    step from the core that computes). It is there for larger CPU hosts, where keeping a rank
+    on its own cores (and NUMA node) matters. Must run before TensorFlow creates its devices.
+    Returns a description for the log.
     """
     import tensorflow as tf
 
