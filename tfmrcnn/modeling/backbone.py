@@ -83,7 +83,11 @@ class _ResidualBlock(tf.Module):
 
     def __call__(self, x, training: bool = False):
         short = x if self.shortcut is None else self.shortcut(x, training=training)
-        return tf.nn.relu(self._branch(x, training) + short)
+        # add_n, not +: TF's CPU remapper fuses Conv2D+BiasAdd+AddN+Relu into one oneDNN
+        # conv (the shortcut summed in its epilogue), but an AddV2 only when it can prove both
+        # shapes equal, which it cannot with our dynamic image sizes. -5 % fp32 inference
+        # (paired A/B, NOTES.md "Applied optimisations"); same values.
+        return tf.nn.relu(tf.add_n([self._branch(x, training), short]))
 
 
 class BasicBlock(_ResidualBlock):

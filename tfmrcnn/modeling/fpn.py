@@ -72,7 +72,8 @@ class FPN(tf.Module):
         results = [self.output_convs[-1](prev, training=training)]
         for feat, lateral_conv, output_conv in zip(
                 feats[-2::-1], self.lateral_convs[-2::-1], self.output_convs[-2::-1]):
-            prev = lateral_conv(feat, training=training) + upsample_nearest_2x(prev)
+            # add_n: fused into the lateral conv's epilogue (see _ResidualBlock.__call__)
+            prev = tf.add_n([lateral_conv(feat, training=training), upsample_nearest_2x(prev)])
             if self.fuse_type == "avg":
                 prev = prev / 2.0
             results.insert(0, output_conv(prev, training=training))
