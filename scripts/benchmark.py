@@ -12,6 +12,10 @@ Sections time their work with ``args.time(fn)``: it calls fn() ``args.warmup`` t
 wall time, or with ``--clock cpu`` the CPU time of the whole process (all threads), which is the
 steadier number on a machine shared with other jobs. ``args.quick`` asks for smaller problem sizes (for smoke tests). These are numbers to
 read, not timed tests: nothing here asserts a speed.
+
+After the table comes the issue's target table (scripts/bench/_targets.py), filled from the rows
+of the sections that ran: ours next to detectron2 / torchvision measured in the same run
+(section `reference`, which needs ``bash scripts/setup_reference.sh`` once).
 """
 import argparse
 import importlib.util
@@ -118,6 +122,12 @@ def main(argv=None):
     print("# seconds of %s time, median of %d repeats after %d warm-up calls"
           % (args.clock, args.repeats, args.warmup))
     print(format_table(rows))
+    targets = load_section("_targets").target_table(rows)
+    if targets:
+        print("\n# the performance issue's targets, from the rows above (scripts/bench/_targets.py:"
+              " each target is also scaled to this run's detectron2 / torchvision figure)"
+              + (" -- QUICK SIZES, not the issue's problems" if args.quick else ""))
+        print(format_table(targets))
     return rows
 
 

@@ -28,8 +28,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import resource
-import statistics
 import subprocess
 import sys
 import time
@@ -39,9 +37,11 @@ ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)
 DEMO_CONFIG = os.path.join(ROOT, "configs", "shapes_demo_cpu.yaml")
 ROW_MARKER = "BENCH_ROW "
 
-# (resized h, w, gt instances) of the two problem sizes; quick = smoke-test sizes
-FULL_HW, QUICK_HW = (800, 1333), (320, 512)
-DEMO_HW = (192, 256)
+# the problems are shared with the PyTorch reference worker (NumPy only)
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import _common  # noqa: E402
+from _common import (DEMO_HW, FULL_HW, QUICK_HW, current_rss_mb, padded,  # noqa: E402,F401
+                     peak_rss_mb, synthetic_batch)
 
 
 # ---------------------------------------------------------------------- helpers (also used by
@@ -63,37 +63,6 @@ def make_cfg(config_file=None, overrides=()):
         cfg.merge_from_file(config_file)
     cfg.merge_from_list(list(overrides))
     return cfg
-
-
-def padded(hw, div=32):
-    return tuple(-(-int(s) // div) * div for s in hw)
-
-
-def synthetic_batch(batch: int, hw, num_gt: int, num_classes: int, seed: int = 0,
-                    masks: bool = True):
-    """A training batch in NOTES.md's format (NumPy): noise images, rectangular instances."""
-    import numpy as np
-    rng = np.random.default_rng(seed)
-    h, w = hw
-    hp, wp = padded(hw)
-    images = np.zeros((batch, hp, wp, 3), np.float32)
-    images[:, :h, :w] = rng.uniform(0, 255, (batch, h, w, 3))
-    side = rng.uniform(0.1, 0.5, (batch, num_gt, 2)) * [w, h]  # (B, G, 2) w, h
-    x0 = rng.uniform(0, 1, (batch, num_gt)) * (w - side[..., 0])
-    y0 = rng.uniform(0, 1, (batch, num_gt)) * (h - side[..., 1])
-    boxes = np.stack([x0, y0, x0 + side[..., 0], y0 + side[..., 1]], -1).astype(np.float32)
-    out = {"images": images,
-           "image_sizes": np.tile(np.array([[h, w]], np.int32), (batch, 1)),
-           "gt_boxes": boxes,
-           "gt_classes": rng.integers(0, num_classes, (batch, num_gt)).astype(np.int32),
-           "crowd_boxes": np.zeros((batch, 0, 4), np.float32)}
-    if masks:
-        m = np.zeros((batch, num_gt, hp, wp), np.uint8)
-        for b in range(batch):
-            for g, (bx0, by0, bx1, by1) in enumerate(boxes[b].astype(int)):
-                m[b, g, by0:by1, bx0:bx1] = 1
-        out["gt_masks"] = m
-    return out
 
 
 def batch_signature(batch):
@@ -212,24 +181,7 @@ def block(result):
 
 def time_calls(fn, repeats: int, warmup: int):
     """Median (wall, cpu) seconds of fn() over `repeats` calls after `warmup` calls."""
-    for _ in range(warmup):
-        block(fn())
-    walls, cpus = [], []
-    for _ in range(repeats):
-        w0, c0 = time.perf_counter(), time.process_time()
-        block(fn())
-        walls.append(time.perf_counter() - w0)
-        cpus.append(time.process_time() - c0)
-    return statistics.median(walls), statistics.median(cpus)
-
-
-def peak_rss_mb() -> float:
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0  # KiB on Linux
-
-
-def current_rss_mb() -> float:
-    with open("/proc/self/statm") as f:
-        return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2 ** 20
+    return _common.time_calls(fn, repeats, warmup, wait=block)
 
 
 def postprocess_all(outputs, hw):

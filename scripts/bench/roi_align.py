@@ -7,25 +7,25 @@ Problem (the performance issue's): 512 ROIs with sides log-uniform in 16..400 px
               one-pixel border padding (its roi_align; about sampling 2, not exact ROIAlign)
   tf-gather   ROIAlignV2 with sampling 2 written with tf.gather (4 corner gathers per sample)
 """
-import numpy as np
+import os
+import sys
+
 import tensorflow as tf
 
 from tfmrcnn.ops import roi_align
 
-TARGETS = {(7, 7): (0.06, 0.2), (14, 14): (0.08, 0.26)}   # seconds, fwd / fwd+bwd
-TORCHVISION = {(7, 7): (0.614, 2.067), (14, 14): (0.803, 2.622)}  # same problem, measured
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from _common import ROI_ALIGN_PROBLEM, ROI_ALIGN_QUICK, roi_align_problem, roi_align_upstream  # noqa: E402
+
+# the issue's targets in seconds, fwd / fwd+bwd (torchvision measured 0.614 / 2.067 and
+# 0.803 / 2.622 s on the issue's machine; section `reference` times it in the same run)
+TARGETS = {(7, 7): (0.06, 0.2), (14, 14): (0.08, 0.26)}
+OURS = "ours (sampling 0)"  # the exact ROIAlignV2, the one the targets are for
 
 
 def make_problem(num_rois=512, shape=(1, 200, 336, 256), stride=4, seed=0):
-    rng = np.random.default_rng(seed)
-    features = rng.standard_normal(shape).astype(np.float32)
-    img_h, img_w = shape[1] * stride, shape[2] * stride
-    sides = np.exp(rng.uniform(np.log(16), np.log(400), (num_rois, 2)))  # (R, 2) w, h
-    x0 = rng.uniform(0, np.maximum(img_w - sides[:, 0], 1))
-    y0 = rng.uniform(0, np.maximum(img_h - sides[:, 1], 1))
-    boxes = np.stack([x0, y0, x0 + sides[:, 0], y0 + sides[:, 1]], 1).astype(np.float32)
-    return (tf.constant(features), tf.constant(boxes),
-            tf.zeros((num_rois,), tf.int32), 1.0 / stride)
+    features, boxes, scale = roi_align_problem(num_rois, shape, stride, seed)
+    return (tf.constant(features), tf.constant(boxes), tf.zeros((num_rois,), tf.int32), scale)
 
 
 def tensorpack_roi_align(features, boxes, box_indices, output_size, spatial_scale):
@@ -87,7 +87,7 @@ def gather_roi_align(features, boxes, box_indices, output_size, spatial_scale, s
 
 def _implementations(output_size):
     return {
-        "ours (sampling 0)": lambda f, b, i, s: roi_align(f, b, i, output_size, s),
+        OURS: lambda f, b, i, s: roi_align(f, b, i, output_size, s),
         "ours (sampling 2)": lambda f, b, i, s: roi_align(f, b, i, output_size, s,
                                                           sampling_ratio=2),
         "tensorpack c&r": lambda f, b, i, s: tensorpack_roi_align(f, b, i, output_size, s),
@@ -96,14 +96,11 @@ def _implementations(output_size):
 
 
 def run(args):
-    if getattr(args, "quick", False):
-        features, boxes, indices, scale = make_problem(64, (1, 50, 84, 32))
-    else:
-        features, boxes, indices, scale = make_problem()
+    problem = ROI_ALIGN_QUICK if getattr(args, "quick", False) else ROI_ALIGN_PROBLEM
+    features, boxes, indices, scale = make_problem(**problem)
     rows = []
     for output_size in [(7, 7), (14, 14)]:
-        upstream = tf.random.stateless_normal(
-            [boxes.shape[0], *output_size, features.shape[-1]], seed=[1, 2])
+        upstream = tf.constant(roi_align_upstream(boxes.shape[0], output_size, features.shape[-1]))
         for name, impl in _implementations(output_size).items():
             fwd = tf.function(lambda: impl(features, boxes, indices, scale), autograph=False)
 
@@ -114,7 +111,7 @@ def run(args):
                     loss = tf.reduce_sum(impl(features, boxes, indices, scale) * upstream)
                 return tape.gradient(loss, features)
 
-            target = TARGETS[output_size] if name.startswith("ours (sampling 0") else None
+            target = TARGETS[output_size] if name == OURS else None
             rows.append({
                 "case": "%dx%d" % output_size,
                 "impl": name,
@@ -122,7 +119,4 @@ def run(args):
                 "fwd+bwd s": args.time(fwd_bwd),
                 "target fwd/fwd+bwd s": "%g / %g" % target if target else "",
             })
-        rows.append({"case": "%dx%d" % output_size, "impl": "torchvision (issue, same CPU)",
-                     "fwd s": TORCHVISION[output_size][0],
-                     "fwd+bwd s": TORCHVISION[output_size][1]})
     return rows

@@ -33,7 +33,7 @@ def test_benchmark_driver_runs_the_custom_op_sections():
     lines = proc.stdout.splitlines()
     assert lines[0].startswith("# ") and "load average" in lines[0]
     rows = [line for line in lines if line.startswith("roi_align ")]
-    assert len(rows) == 10  # 2 sizes x (4 implementations + torchvision reference)
+    assert len(rows) == 8  # 2 sizes x 4 implementations
     conv_rows = [line.split() for line in lines if line.startswith("conv3x3 ")]
     assert [r[3] for r in conv_rows] == ["direct", "winograd"]
     assert float(conv_rows[1][-1]) < 1e-4  # the Winograd result's error against direct

@@ -1,0 +1,95 @@
+"""What the TensorFlow sections and the PyTorch reference worker (scripts/bench/
+_torch_reference.py) share, so that both time the same inputs the same way: the benchmark
+problems as NumPy arrays, the timing loop and the memory readings.
+
+No TensorFlow or PyTorch import here: this module is loaded in both environments.
+"""
+from __future__ import annotations
+
+import os
+import resource
+import statistics
+import time
+
+import numpy as np
+
+# (resized h, w) of the problem sizes; quick = smoke-test sizes
+FULL_HW, QUICK_HW = (800, 1333), (320, 512)
+DEMO_HW = (192, 256)
+# the issue's ROIAlign problem: 512 ROIs, sides log-uniform in 16..400 px, (1, 200, 336, 256)
+# float32 map at stride 4
+ROI_ALIGN_PROBLEM = dict(num_rois=512, shape=(1, 200, 336, 256), stride=4)
+ROI_ALIGN_QUICK = dict(num_rois=64, shape=(1, 50, 84, 32), stride=4)
+
+
+def padded(hw, div=32):
+    return tuple(-(-int(s) // div) * div for s in hw)
+
+
+def synthetic_batch(batch: int, hw, num_gt: int, num_classes: int, seed: int = 0,
+                    masks: bool = True):
+    """A training batch in NOTES.md's format: noise images (BGR 0..255, zero-padded to a
+    multiple of 32), rectangular instances with their masks (B, G, Hp, Wp) uint8."""
+    rng = np.random.default_rng(seed)
+    h, w = hw
+    hp, wp = padded(hw)
+    images = np.zeros((batch, hp, wp, 3), np.float32)
+    images[:, :h, :w] = rng.uniform(0, 255, (batch, h, w, 3))
+    side = rng.uniform(0.1, 0.5, (batch, num_gt, 2)) * [w, h]  # (B, G, 2) w, h
+    x0 = rng.uniform(0, 1, (batch, num_gt)) * (w - side[..., 0])
+    y0 = rng.uniform(0, 1, (batch, num_gt)) * (h - side[..., 1])
+    boxes = np.stack([x0, y0, x0 + side[..., 0], y0 + side[..., 1]], -1).astype(np.float32)
+    out = {"images": images,
+           "image_sizes": np.tile(np.array([[h, w]], np.int32), (batch, 1)),
+           "gt_boxes": boxes,
+           "gt_classes": rng.integers(0, num_classes, (batch, num_gt)).astype(np.int32),
+           "crowd_boxes": np.zeros((batch, 0, 4), np.float32)}
+    if masks:
+        m = np.zeros((batch, num_gt, hp, wp), np.uint8)
+        for b in range(batch):
+            for g, (bx0, by0, bx1, by1) in enumerate(boxes[b].astype(int)):
+                m[b, g, by0:by1, bx0:bx1] = 1
+        out["gt_masks"] = m
+    return out
+
+
+def roi_align_problem(num_rois=512, shape=(1, 200, 336, 256), stride=4, seed=0):
+    """features (N, H, W, C) float32 NHWC, boxes (R, 4) xyxy in image pixels, spatial scale."""
+    rng = np.random.default_rng(seed)
+    features = rng.standard_normal(shape).astype(np.float32)
+    img_h, img_w = shape[1] * stride, shape[2] * stride
+    sides = np.exp(rng.uniform(np.log(16), np.log(400), (num_rois, 2)))  # (R, 2) w, h
+    x0 = rng.uniform(0, np.maximum(img_w - sides[:, 0], 1))
+    y0 = rng.uniform(0, np.maximum(img_h - sides[:, 1], 1))
+    boxes = np.stack([x0, y0, x0 + sides[:, 0], y0 + sides[:, 1]], 1).astype(np.float32)
+    return features, boxes, 1.0 / stride
+
+
+def roi_align_upstream(num_rois, output_size, channels, seed=1):
+    """The fixed upstream gradient (R, h, w, C) of the fwd+bwd timing."""
+    rng = np.random.default_rng(seed)
+    return rng.standard_normal((num_rois, *output_size, channels)).astype(np.float32)
+
+
+def time_calls(fn, repeats: int, warmup: int, wait=lambda result: result):
+    """Median (wall, cpu) seconds of ``wait(fn())`` over `repeats` calls after `warmup` calls;
+    cpu = CPU time of the whole process (all threads), steadier on a shared machine. `wait`
+    blocks until asynchronous results are computed (TensorFlow tensors)."""
+    for _ in range(warmup):
+        wait(fn())
+    walls, cpus = [], []
+    for _ in range(repeats):
+        w0, c0 = time.perf_counter(), time.process_time()
+        wait(fn())
+        walls.append(time.perf_counter() - w0)
+        cpus.append(time.process_time() - c0)
+    return statistics.median(walls), statistics.median(cpus)
+
+
+def peak_rss_mb() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0  # KiB on Linux
+
+
+def current_rss_mb() -> float:
+    with open("/proc/self/statm") as f:
+        return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2 ** 20
