@@ -6,9 +6,11 @@ No TensorFlow or PyTorch import here: this module is loaded in both environments
 """
 from __future__ import annotations
 
+import json
 import os
 import resource
 import statistics
+import subprocess
 import time
 
 import numpy as np
@@ -93,3 +95,33 @@ def peak_rss_mb() -> float:
 def current_rss_mb() -> float:
     with open("/proc/self/statm") as f:
         return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2 ** 20
+
+
+# ---------------------------------------------------------------------- worker processes
+ROW_MARKER = "BENCH_ROW "
+
+
+def add_worker_arguments(parser):
+    """The options every worker process takes (problem size, repeats, threads)."""
+    parser.add_argument("--quick", action="store_true", help="smoke-test sizes")
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--warmup", type=int, default=1)
+    parser.add_argument("--threads", type=int, default=2, help="intra-op threads")
+    parser.add_argument("--inter-threads", type=int, default=1, help="inter-op threads")
+    return parser
+
+
+def print_row(**values):
+    """One measurement of a worker, read back by `run_worker`."""
+    print(ROW_MARKER + json.dumps(values), flush=True)
+
+
+def run_worker(cmd, group, env=None, timeout=3600):
+    """Run a worker process; returns its rows, plus a FAILED row with the end of its stderr if
+    it exited with an error."""
+    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=timeout)
+    rows = [json.loads(line[len(ROW_MARKER):]) for line in proc.stdout.splitlines()
+            if line.startswith(ROW_MARKER)]
+    if proc.returncode != 0:
+        rows.append({"group": group, "stage": "FAILED", "note": proc.stderr.strip()[-300:]})
+    return rows

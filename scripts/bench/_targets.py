@@ -97,6 +97,7 @@ def target_table(rows):
     for row in rows:
         if row.get("stage") == "peak RSS MB" and row.get("value") is not None:
             table.append({"target": "peak RSS MB (reported)",
-                          "ours": "%s: %s" % (row.get("section"), row.get("case")),
+                          "ours": "%s %s: %s" % (row.get("section"), row.get("group"),
+                                                 row.get("case")),
                           "note": "%.0f MB" % row["value"]})
     return table

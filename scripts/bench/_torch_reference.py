@@ -24,20 +24,15 @@ scripts/bench/_common.py, median of `--repeats` after `--warmup` calls.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import sys
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from _common import (FULL_HW, QUICK_HW, ROI_ALIGN_PROBLEM, ROI_ALIGN_QUICK,  # noqa: E402
-                     peak_rss_mb, roi_align_problem, roi_align_upstream, synthetic_batch,
-                     time_calls)
+                     add_worker_arguments, peak_rss_mb, print_row, roi_align_problem,
+                     roi_align_upstream, synthetic_batch, time_calls)
 
-ROW_MARKER = "BENCH_ROW "
-
-
-def _row(**kw):
-    print(ROW_MARKER + json.dumps(kw), flush=True)
+_row = print_row
 
 
 def _versions():
@@ -237,12 +232,7 @@ GROUPS = {"infer": group_infer, "train": group_train, "roi_align": group_roi_ali
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--group", choices=sorted(GROUPS), required=True)
-    p.add_argument("--quick", action="store_true")
-    p.add_argument("--repeats", type=int, default=3)
-    p.add_argument("--warmup", type=int, default=1)
-    p.add_argument("--threads", type=int, default=2)
-    p.add_argument("--inter-threads", type=int, default=1)
-    opts = p.parse_args(argv)
+    opts = add_worker_arguments(p).parse_args(argv)
     import torch
     torch.set_num_threads(opts.threads)
     torch.set_num_interop_threads(opts.inter_threads)

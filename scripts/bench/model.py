@@ -26,16 +26,13 @@ all threads, the steadier number on a shared machine):
 from __future__ import annotations
 
 import argparse
-import json
 import os
-import subprocess
 import sys
 import time
 from unittest import mock
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 DEMO_CONFIG = os.path.join(ROOT, "configs", "shapes_demo_cpu.yaml")
-ROW_MARKER = "BENCH_ROW "
 
 # the problems are shared with the PyTorch reference worker (NumPy only)
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
@@ -190,8 +187,7 @@ def postprocess_all(outputs, hw):
 
 
 # ---------------------------------------------------------------------- worker groups
-def _row(**kw):
-    print(ROW_MARKER + json.dumps(kw), flush=True)
+_row = _common.print_row
 
 
 def _conv_override(opts):
@@ -308,12 +304,7 @@ def worker_main(argv=None):
     p.add_argument("--case", default="r50", help="train group: r50 or demo")
     p.add_argument("--bf16", action="store_true")
     p.add_argument("--direct", action="store_true", help="MODEL.WINOGRAD=False")
-    p.add_argument("--quick", action="store_true")
-    p.add_argument("--repeats", type=int, default=3)
-    p.add_argument("--warmup", type=int, default=1)
-    p.add_argument("--threads", type=int, default=2)
-    p.add_argument("--inter-threads", type=int, default=1)
-    opts = p.parse_args(argv)
+    opts = _common.add_worker_arguments(p).parse_args(argv)
     if ROOT not in sys.path:
         sys.path.insert(0, ROOT)
     setup_threads(opts.threads, opts.inter_threads)
@@ -324,13 +315,8 @@ def worker_main(argv=None):
 def run_worker(extra, timeout=1800):
     """Run one worker group in a child process; returns its rows."""
     env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2", PYTHONPATH=ROOT)
-    cmd = [sys.executable, os.path.abspath(__file__)] + extra
-    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=timeout)
-    rows = [json.loads(line[len(ROW_MARKER):]) for line in proc.stdout.splitlines()
-            if line.startswith(ROW_MARKER)]
-    if proc.returncode != 0:
-        rows.append({"group": extra[1], "stage": "FAILED", "note": proc.stderr.strip()[-300:]})
-    return rows
+    return _common.run_worker([sys.executable, os.path.abspath(__file__)] + extra, extra[1],
+                              env=env, timeout=timeout)
 
 
 def run(args):

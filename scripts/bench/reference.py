@@ -16,14 +16,13 @@ They run in a PyTorch environment of their own (scripts/bench/_torch_reference.p
 and detectron2 named by TFMRCNN_REFERENCE_PYTHON). Without one the section says so and the
 target table falls back to the issue's absolute figures.
 """
-import json
 import os
-import subprocess
 import sys
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 WORKER = os.path.join(os.path.dirname(os.path.abspath(__file__)), "_torch_reference.py")
-ROW_MARKER = "BENCH_ROW "
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from _common import run_worker  # noqa: E402
 GROUPS = ("roi_align", "infer", "train")
 
 
@@ -34,17 +33,11 @@ def reference_python():
     return path if os.path.exists(path) else None
 
 
-def run_group(python, group, repeats, warmup, quick, timeout=3600):
+def run_group(python, group, repeats, warmup, quick):
     cmd = [python, WORKER, "--group", group, "--repeats", str(repeats), "--warmup", str(warmup)]
     if quick:
         cmd.append("--quick")
-    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout,
-                          env=dict(os.environ, PYTHONWARNINGS="ignore"))
-    rows = [json.loads(line[len(ROW_MARKER):]) for line in proc.stdout.splitlines()
-            if line.startswith(ROW_MARKER)]
-    if proc.returncode != 0:
-        rows.append({"group": group, "stage": "FAILED", "note": proc.stderr.strip()[-300:]})
-    return rows
+    return run_worker(cmd, group, env=dict(os.environ, PYTHONWARNINGS="ignore"))
 
 
 def run(args):

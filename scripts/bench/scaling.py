@@ -8,6 +8,9 @@ doubles the images/s:
 
     efficiency = images/s (2 processes) / (2 x images/s (1 process)) = t_single / t_horovod
 
+The driver also measures GN at LARGER_BATCH images per process: the gradients all-reduced per
+step are the same 16 MB, so this shows how much of the loss is a per-step cost of Horovod.
+
 Why one launch with interleaved phases: this VM's speed drifts by up to 2x within a minute
 (the same single-process step read 0.32 s and 0.67 s in one run, session 4), so comparing a
 1-process launch with a 2-process launch made a minute later measured the machine, not Horovod
@@ -47,7 +50,8 @@ import time
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 MARKER = "SCALING_ROW "
-IMAGES_PER_PROCESS = 2
+IMAGES_PER_PROCESS = 2  # the demo's; the driver also measures GN at LARGER_BATCH
+LARGER_BATCH = 4
 # GN: the demo's norm (no communication in the forward pass); BN: per-process statistics;
 # SyncBN: one allreduce per norm layer and direction
 NORMS = ("GN", "BN", "SyncBN")
@@ -103,7 +107,7 @@ def worker(opts):
     my_cores = cpu_cores_for_rank(all_cores, hvd.local_rank(), hvd.local_size()) or all_cores
     tf = m.setup_threads(opts.threads, 1)
     extra = os.environ.get(OPTS_ENV, "").split()
-    batch = m.synthetic_batch(IMAGES_PER_PROCESS, m.DEMO_HW, 4, 3, seed=rank)
+    batch = m.synthetic_batch(opts.images, m.DEMO_HW, 4, 3, seed=rank)
     tensors = {k: tf.constant(v) for k, v in batch.items()}
     dist_cfg = m.make_cfg(m.DEMO_CONFIG, ["MODEL.RESNETS.NORM", opts.norm] + extra)
     alone_norm = "BN" if opts.norm == "SyncBN" else opts.norm
@@ -154,11 +158,13 @@ def _measurements(stdout: str):
     return [json.loads(line.split(MARKER, 1)[1]) for line in stdout.splitlines() if MARKER in line]
 
 
-def launch(norm: str, rounds: int, steps: int, warmup: int, timeout: int = 1800):
+def launch(norm: str, rounds: int, steps: int, warmup: int, images: int = IMAGES_PER_PROCESS,
+           timeout: int = 1800):
     """One ``horovodrun -np 2 --gloo`` launch; returns the two ranks' rows (or an error)."""
     cmd = [_horovodrun(), "-np", "2", "-H", "localhost:2", "--gloo",
            sys.executable, os.path.abspath(__file__), "--worker", "--norm", norm,
-           "--rounds", str(rounds), "--steps", str(steps), "--warmup", str(warmup)]
+           "--rounds", str(rounds), "--steps", str(steps), "--warmup", str(warmup),
+           "--images", str(images)]
     env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2", PYTHONPATH=ROOT)
     proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=timeout)
     found = sorted(_measurements(proc.stdout), key=lambda r: r["rank"])
@@ -167,8 +173,9 @@ def launch(norm: str, rounds: int, steps: int, warmup: int, timeout: int = 1800)
     return found
 
 
-def summarize(norm: str, ranks):
+def summarize(norm: str, ranks, images: int = IMAGES_PER_PROCESS):
     """Table rows from the two ranks' per-round (wall, cpu) medians."""
+    label = f"demo {norm}" + ("" if images == IMAGES_PER_PROCESS else f" {images} images/process")
     r0, r1 = ranks[0]["runs"], ranks[1]["runs"]
     walls = {"single": [w for w, _ in r0["single"]]}   # phase -> per-round step time
     for phase in PHASES:
@@ -178,16 +185,16 @@ def summarize(norm: str, ranks):
     for phase in PHASES:
         n = 1 if phase == "single" else 2
         step = statistics.median(walls[phase])
-        rows.append({"case": f"demo {norm} {phase}", "processes": n, "threads": 1,
+        rows.append({"case": f"{label} {phase}", "processes": n, "threads": 1,
                      "step_s": step, "cpu_s": statistics.median(c for _, c in r0[phase]),
-                     "images_per_s": n * IMAGES_PER_PROCESS / step,
+                     "images_per_s": n * images / step,
                      "note": "median over rounds, each round's step_s: "
                              + " ".join(f"{w:.3f}" for w in walls[phase])})
     for phase, what in (("horovod", "weak scaling"),
                         ("horovod pinned", "weak scaling, ranks pinned to cores"),
                         ("independent", "ceiling (independent processes)")):
         ratios = sorted(s / o for s, o in zip(walls["single"], walls[phase]))
-        rows.append({"case": f"demo {norm} {what}", "processes": 2,
+        rows.append({"case": f"{label} {what}", "processes": 2,
                      "efficiency": statistics.median(ratios),
                      "note": f"median of {len(ratios)} rounds' t_single/t; "
                              f"range {ratios[0]:.3f}-{ratios[-1]:.3f}"})
@@ -201,13 +208,19 @@ def run(args):
     rounds = 4 if args.quick else int(getattr(args, "rounds", None) or ROUNDS)
     steps = 2 if args.quick else STEPS_PER_PHASE
     warmup = 2 if args.quick else 3
+    # the demo's batch for every norm; GN (the demo's norm) also at a larger per-process batch,
+    # which shows how the per-step communication cost amortises (not in quick runs)
+    cases = [(norm, IMAGES_PER_PROCESS) for norm in (getattr(args, "norms", None) or NORMS)]
+    cases += [("GN", n) for n in (getattr(args, "images", None) or
+                                  ([] if args.quick else [LARGER_BATCH]))
+              if n != IMAGES_PER_PROCESS]
     rows = []
-    for norm in args.norms if getattr(args, "norms", None) else NORMS:
-        found = launch(norm, rounds, steps, warmup)
+    for norm, images in cases:
+        found = launch(norm, rounds, steps, warmup, images)
         if isinstance(found, dict):
             rows.append({"case": f"demo {norm}", "note": "FAILED " + found["error"]})
         else:
-            rows.extend(summarize(norm, found))
+            rows.extend(summarize(norm, found, images))
     return rows
 
 
@@ -219,6 +232,11 @@ def main(argv=None):
     p.add_argument("--warmup", type=int, default=3)
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--norms", nargs="*", default=None, help="driver: norms to measure")
+    p.add_argument("--images", type=int, default=IMAGES_PER_PROCESS,
+                   help="worker: images per process")
+    p.add_argument("--larger-batches", type=int, nargs="*", default=None,
+                   help="driver: images per process of the extra GN cases (default %d; none in "
+                        "--quick)" % LARGER_BATCH)
     p.add_argument("--rounds", type=int, default=ROUNDS, help="rounds of the four phases")
     p.add_argument("--quick", action="store_true", help="driver: 4 rounds of 2 steps (smoke test)")
     p.add_argument("--opts", nargs="*", default=[],
@@ -231,7 +249,8 @@ def main(argv=None):
     else:  # standalone: print the rows
         if opts.opts:
             os.environ[OPTS_ENV] = " ".join(opts.opts)  # inherited by every worker
-        args = argparse.Namespace(quick=opts.quick, norms=opts.norms, rounds=opts.rounds)
+        args = argparse.Namespace(quick=opts.quick, norms=opts.norms, rounds=opts.rounds,
+                                  images=opts.larger_batches)
         for row in run(args):
             print(row)
 
