@@ -145,3 +145,42 @@ def test_reference_section_without_pytorch_says_how_to_get_it(monkeypatch, tmp_p
     assert len(rows) == 1 and "setup_reference.sh" in rows[0]["note"]
     monkeypatch.setenv("TFMRCNN_REFERENCE_PYTHON", os.devnull)  # exists
     assert reference.reference_python() == os.devnull
+
+
+def test_scaling_summary_labels_the_larger_batch_and_counts_its_images():
+    scaling = _load("scaling")
+    rounds = 3
+
+    def runs(walls):
+        return {phase: [(w, w) for w in walls[phase]] for phase in scaling.PHASES}
+
+    rank0 = {"horovod": [0.5, 0.6, 0.5], "horovod pinned": [0.5] * rounds,
+             "single": [0.4, 0.45, 0.4], "independent": [0.42] * rounds}
+    rank1 = dict(rank0, horovod=[0.55, 0.5, 0.5], single=[])
+    ranks = [{"runs": runs(rank0)}, {"runs": runs(rank1)}]
+    rows = {r["case"]: r for r in scaling.summarize("GN", ranks, images=4)}
+    horovod = rows["demo GN 4 images/process horovod"]
+    # each round's step is the slower rank's: 0.55, 0.6, 0.5 -> median 0.55
+    assert horovod["step_s"] == pytest.approx(0.55)
+    assert horovod["images_per_s"] == pytest.approx(2 * 4 / 0.55)
+    assert rows["demo GN 4 images/process single"]["images_per_s"] == pytest.approx(4 / 0.4)
+    eff = rows["demo GN 4 images/process weak scaling"]["efficiency"]
+    assert eff == pytest.approx(sorted([0.4 / 0.55, 0.45 / 0.6, 0.4 / 0.5])[1])
+    # the demo's own batch keeps the plain label that the target table reads
+    assert "demo GN weak scaling" in {r["case"] for r in scaling.summarize("GN", ranks)}
+
+
+def test_peak_rss_is_the_process_own_not_its_parents():
+    """A child of a process holding ~300 MB must not report the parent's memory as its peak
+    (getrusage's ru_maxrss does, after fork + exec)."""
+    import subprocess
+    import sys
+    ballast = np.ones(300 * 2 ** 20, np.uint8)  # resident in this process
+    code = ("import importlib.util, sys; spec = importlib.util.spec_from_file_location('c', %r); "
+            "m = importlib.util.module_from_spec(spec); spec.loader.exec_module(m); "
+            "print(m.peak_rss_mb())" % str(BENCH / "_common.py"))
+    child = float(subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                                 check=True).stdout)
+    assert ballast.sum() == ballast.size
+    assert child < 250, child  # numpy + the interpreter, far below the parent's 300 MB ballast
+    assert common.peak_rss_mb() > 300  # this process holds the ballast

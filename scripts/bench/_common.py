@@ -89,6 +89,20 @@ def time_calls(fn, repeats: int, warmup: int, wait=lambda result: result):
 
 
 def peak_rss_mb() -> float:
+    """Peak resident set of this process in MB: Linux's VmHWM (the high-water mark of this
+    process's own memory map).
+
+    Not getrusage's ru_maxrss: Linux carries that across fork + exec, so a worker started by a
+    driver that holds 1.5 GB reports at least 1.5 GB however little it uses itself (the
+    benchmark did until session 5: the demo training step read 1520-1557 MB, its own peak is
+    below 1 GB)."""
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) / 1024.0  # kB
+    except OSError:
+        pass
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0  # KiB on Linux
 
 

@@ -48,7 +48,7 @@ def _versions():
 
 
 # ---------------------------------------------------------------------- detectron2
-def d2_model(score_thresh_test=0.0, freeze_at=None):
+def d2_model(score_thresh_test=0.0):
     import torch
     from detectron2 import model_zoo
     from detectron2.config import get_cfg
@@ -58,8 +58,6 @@ def d2_model(score_thresh_test=0.0, freeze_at=None):
         "COCO-InstanceSegmentation/mask_rcnn_R_50_FPN_1x.yaml"))
     cfg.MODEL.DEVICE = "cpu"
     cfg.MODEL.ROI_HEADS.SCORE_THRESH_TEST = score_thresh_test
-    if freeze_at is not None:
-        cfg.MODEL.BACKBONE.FREEZE_AT = freeze_at
     torch.manual_seed(0)
     return build_model(cfg), cfg
 

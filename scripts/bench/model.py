@@ -20,7 +20,7 @@ all threads, the steadier number on a shared machine):
          defaults (FREEZE_AT 2, 512 ROIs/image), 10 GT instances; and the shapes demo config
          (configs/shapes_demo_cpu.yaml, R18-half, GN) at batch 1 and 2 at its image size
          192x256 with 4 instances.
-  memory peak RSS (getrusage) of each group's process, and the RSS growth between iteration 10
+  memory peak RSS (VmHWM) of each group's process, and the RSS growth between iteration 10
          and 60 of the demo training step and of the demo inference.
 """
 from __future__ import annotations
