@@ -32,9 +32,6 @@ from _common import (FULL_HW, QUICK_HW, ROI_ALIGN_PROBLEM, ROI_ALIGN_QUICK,  # n
                      add_worker_arguments, peak_rss_mb, print_row, roi_align_problem,
                      roi_align_upstream, synthetic_batch, time_calls)
 
-_row = print_row
-
-
 def _versions():
     import torch
     import torchvision
@@ -48,7 +45,7 @@ def _versions():
 
 
 # ---------------------------------------------------------------------- detectron2
-def d2_model(score_thresh_test=0.0):
+def d2_model():
     import torch
     from detectron2 import model_zoo
     from detectron2.config import get_cfg
@@ -57,7 +54,7 @@ def d2_model(score_thresh_test=0.0):
     cfg.merge_from_file(model_zoo.get_config_file(
         "COCO-InstanceSegmentation/mask_rcnn_R_50_FPN_1x.yaml"))
     cfg.MODEL.DEVICE = "cpu"
-    cfg.MODEL.ROI_HEADS.SCORE_THRESH_TEST = score_thresh_test
+    cfg.MODEL.ROI_HEADS.SCORE_THRESH_TEST = 0.0  # random weights: 100 detections, as ours
     torch.manual_seed(0)
     return build_model(cfg), cfg
 
@@ -81,16 +78,12 @@ def calibrate_frozen_bn(model, frozen_bn_class, run_once):
     finally:
         for h in hooks:
             h.remove()
-    return len(hooks)
 
 
-def _d2_image(hw):
-    """The benchmark image (BGR 0..255) as detectron2's input dict."""
-    import torch
-    batch = synthetic_batch(1, hw, 0, 80, masks=False)
+def _bgr_image(hw):
+    """The benchmark image (H, W, 3) BGR 0..255 float32, without the padding."""
     h, w = hw
-    image = torch.from_numpy(batch["images"][0, :h, :w].copy()).permute(2, 0, 1)  # (3, H, W)
-    return {"image": image, "height": h, "width": w}
+    return synthetic_batch(1, hw, 0, 80, masks=False)["images"][0, :h, :w]
 
 
 def group_infer(opts):
@@ -99,7 +92,9 @@ def group_infer(opts):
     hw = QUICK_HW if opts.quick else FULL_HW
     model, _ = d2_model()
     model.eval()
-    inputs = [_d2_image(hw)]
+    bgr = _bgr_image(hw)
+    inputs = [{"image": torch.from_numpy(bgr.copy()).permute(2, 0, 1),  # (3, H, W)
+               "height": hw[0], "width": hw[1]}]
     calibrate_frozen_bn(model, FrozenBatchNorm2d,
                         lambda: model.backbone(model.preprocess_image(inputs).tensor))
     case = "detectron2 R50-FPN %dx%d fp32" % hw
@@ -123,17 +118,17 @@ def group_infer(opts):
         for name, fn in (("backbone+fpn", backbone), ("rpn", rpn), ("roi_heads", heads),
                          ("paste", paste)):
             wall, cpu = time_calls(fn, opts.repeats, opts.warmup)
-            _row(group="infer", case=case, stage=name, seconds=wall, cpu_s=cpu,
+            print_row(group="infer", case=case, stage=name, seconds=wall, cpu_s=cpu,
                  note="%d dets" % len(state["out"][0]["instances"]) if name == "paste" else "")
         wall, cpu = time_calls(lambda: model(inputs), opts.repeats, opts.warmup)
-        _row(group="infer", case=case, stage="end-to-end", seconds=wall, cpu_s=cpu,
+        print_row(group="infer", case=case, stage="end-to-end", seconds=wall, cpu_s=cpu,
              note=_versions())
-    _row(group="infer", case=case, stage="peak RSS MB", seconds=None, value=peak_rss_mb())
+    print_row(group="infer", case=case, stage="peak RSS MB", seconds=None, value=peak_rss_mb())
     del model, state
-    _torchvision_infer(opts, hw)
+    _torchvision_infer(opts, hw, bgr)
 
 
-def _torchvision_infer(opts, hw):
+def _torchvision_infer(opts, hw, bgr):
     """torchvision's Mask R-CNN on the same image: another PyTorch port, end to end."""
     import torch
     from torchvision.models.detection import maskrcnn_resnet50_fpn
@@ -144,9 +139,7 @@ def _torchvision_infer(opts, hw):
     model = maskrcnn_resnet50_fpn(weights=None, weights_backbone=None, num_classes=81,
                                   norm_layer=FrozenBatchNorm2d, box_score_thresh=0.0,
                                   box_detections_per_img=100).eval()
-    h, w = hw
-    image = torch.from_numpy(synthetic_batch(1, hw, 0, 80, masks=False)["images"][0, :h, :w]
-                             [..., ::-1].copy()).permute(2, 0, 1) / 255.0  # RGB 0..1
+    image = torch.from_numpy(bgr[..., ::-1].copy()).permute(2, 0, 1) / 255.0  # RGB 0..1
 
     calibrate_frozen_bn(model, FrozenBatchNorm2d, lambda: model([image]))
     with torch.no_grad():
@@ -156,7 +149,7 @@ def _torchvision_infer(opts, hw):
             out["d"] = model([image])
 
         wall, cpu = time_calls(run, opts.repeats, opts.warmup)
-    _row(group="infer", case="torchvision maskrcnn_resnet50_fpn %dx%d fp32" % hw,
+    print_row(group="infer", case="torchvision maskrcnn_resnet50_fpn %dx%d fp32" % hw,
          stage="end-to-end", seconds=wall, cpu_s=cpu,
          note="%d dets" % len(out["d"][0]["boxes"]))
 
@@ -192,10 +185,10 @@ def group_train(opts):
 
     with EventStorage():  # detectron2's training code logs into it
         wall, cpu = time_calls(step, opts.repeats, opts.warmup)
-    _row(group="train", case="detectron2 R50-FPN %dx%d fp32 batch 1" % hw, stage="train step",
+    print_row(group="train", case="detectron2 R50-FPN %dx%d fp32 batch 1" % hw, stage="train step",
          seconds=wall, cpu_s=cpu, note="ROI_HEADS.BATCH_SIZE_PER_IMAGE %d, FREEZE_AT %d"
          % (cfg.MODEL.ROI_HEADS.BATCH_SIZE_PER_IMAGE, cfg.MODEL.BACKBONE.FREEZE_AT))
-    _row(group="train", case="detectron2 R50-FPN %dx%d fp32" % hw, stage="peak RSS MB",
+    print_row(group="train", case="detectron2 R50-FPN %dx%d fp32" % hw, stage="peak RSS MB",
          seconds=None, value=peak_rss_mb())
 
 
@@ -220,7 +213,7 @@ def group_roi_align(opts):
 
         fwd_s, _ = time_calls(fwd, opts.repeats, opts.warmup)
         fwd_bwd_s, _ = time_calls(fwd_bwd, opts.repeats, opts.warmup)
-        _row(group="roi_align", case="%dx%d" % output_size, impl="torchvision roi_align",
+        print_row(group="roi_align", case="%dx%d" % output_size, impl="torchvision roi_align",
              **{"fwd s": fwd_s, "fwd+bwd s": fwd_bwd_s})
 
 

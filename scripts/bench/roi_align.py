@@ -23,9 +23,10 @@ TARGETS = {(7, 7): (0.06, 0.2), (14, 14): (0.08, 0.26)}
 OURS = "ours (sampling 0)"  # the exact ROIAlignV2, the one the targets are for
 
 
-def make_problem(num_rois=512, shape=(1, 200, 336, 256), stride=4, seed=0):
-    features, boxes, scale = roi_align_problem(num_rois, shape, stride, seed)
-    return (tf.constant(features), tf.constant(boxes), tf.zeros((num_rois,), tf.int32), scale)
+def make_problem(**problem):
+    """_common.roi_align_problem as tensors, with the box indices (all image 0)."""
+    features, boxes, scale = roi_align_problem(**problem)
+    return (tf.constant(features), tf.constant(boxes), tf.zeros((len(boxes),), tf.int32), scale)
 
 
 def tensorpack_roi_align(features, boxes, box_indices, output_size, spatial_scale):

@@ -211,7 +211,7 @@ def run(args):
     # the demo's batch for every norm; GN (the demo's norm) also at a larger per-process batch,
     # which shows how the per-step communication cost amortises (not in quick runs)
     cases = [(norm, IMAGES_PER_PROCESS) for norm in (getattr(args, "norms", None) or NORMS)]
-    cases += [("GN", n) for n in (getattr(args, "images", None) or
+    cases += [("GN", n) for n in (getattr(args, "larger_batches", None) or
                                   ([] if args.quick else [LARGER_BATCH]))
               if n != IMAGES_PER_PROCESS]
     rows = []
@@ -250,7 +250,7 @@ def main(argv=None):
         if opts.opts:
             os.environ[OPTS_ENV] = " ".join(opts.opts)  # inherited by every worker
         args = argparse.Namespace(quick=opts.quick, norms=opts.norms, rounds=opts.rounds,
-                                  images=opts.larger_batches)
+                                  larger_batches=opts.larger_batches)
         for row in run(args):
             print(row)
 
