@@ -182,7 +182,7 @@ def time_calls(fn, repeats: int, warmup: int):
 
 
 def postprocess_all(outputs, hw):
-    from tfmrcnn.modeling.postprocess import detector_postprocess, unbatch_outputs
+    from tfmrcnn.inference.postprocess import detector_postprocess, unbatch_outputs
     return [detector_postprocess(o, hw, hw) for o in unbatch_outputs(outputs)]
 
 

@@ -27,8 +27,8 @@ import numpy as np
 
 from tfmrcnn.evaluation.coco_evaluation import COCOEvaluator
 from tfmrcnn.evaluation import rle
-from tfmrcnn.modeling.mask_paste import paste_masks_in_image, paste_masks_in_image_tf, paste_windows
-from tfmrcnn.modeling.postprocess import detector_postprocess
+from tfmrcnn.inference.paste import paste_masks_in_image, paste_masks_in_image_tf, paste_windows
+from tfmrcnn.inference.postprocess import detector_postprocess
 
 
 def make_problem(num=100, image_hw=(800, 1333), seed=0):

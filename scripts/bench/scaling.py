@@ -100,7 +100,7 @@ def _build_step(m, tf, cfg, hvd, batch, seed):
 def worker(opts):
     """One of the 2 Horovod ranks: build both steps, then the interleaved phases."""
     m = _bench_model()
-    from tfmrcnn.engine.hvd_utils import cpu_cores_for_rank, init_horovod, set_process_affinity
+    from tfmrcnn.distributed import cpu_cores_for_rank, init_horovod, set_process_affinity
     hvd = init_horovod(sync_bn=opts.norm == "SyncBN")
     rank = hvd.rank()
     all_cores = sorted(os.sched_getaffinity(0))

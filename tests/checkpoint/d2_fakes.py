@@ -3,7 +3,7 @@ import pickle
 
 import numpy as np
 
-from tfmrcnn.checkpoint.d2_names import expected_d2_state_dict_shapes
+from tfmrcnn.converter.d2_names import expected_d2_state_dict_shapes
 from tfmrcnn.config import get_cfg
 
 

@@ -9,10 +9,10 @@ import tensorflow as tf
 
 from d2_fakes import fake_d2_state, tiny_cfg, write_d2_pkl, write_d2_yaml
 from d2_numpy_reference import torch_conv2d, torch_conv_transpose2d
-from tfmrcnn.checkpoint.converter import (
+from tfmrcnn.converter.convert import (
     FROZEN_BN_EPS, ConversionError, convert_checkpoint, export_d2_pkl, read_checkpoint)
-from tfmrcnn.checkpoint.d2_names import expected_d2_state_dict_shapes
-from tfmrcnn.checkpoint.safe_pickle import UnsafePickleError, safe_load
+from tfmrcnn.converter.d2_names import expected_d2_state_dict_shapes
+from tfmrcnn.converter.safe_pickle import UnsafePickleError, safe_load
 from tfmrcnn.checkpoint.weights_io import read_weights
 from tfmrcnn.cli.convert import main as convert_main
 from tfmrcnn.config import load_config

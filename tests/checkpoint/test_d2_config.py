@@ -3,7 +3,7 @@ import pytest
 import yaml
 
 from d2_fakes import D2_BASE_FPN_YAML, write_d2_yaml
-from tfmrcnn.checkpoint.d2_config import D2ConfigError, cfg_from_d2_config, cfg_from_d2_dict
+from tfmrcnn.converter.d2_config import D2ConfigError, cfg_from_d2_config, cfg_from_d2_dict
 
 
 def test_base_chain_maps_keys(tmp_path):

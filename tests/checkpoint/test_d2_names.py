@@ -2,7 +2,7 @@
 import numpy as np
 import pytest
 
-from tfmrcnn.checkpoint.d2_names import expected_d2_state_dict_shapes, norm_suffixes
+from tfmrcnn.converter.d2_names import expected_d2_state_dict_shapes, norm_suffixes
 from tfmrcnn.config import get_cfg
 
 

@@ -2,8 +2,8 @@
 import pytest
 
 from d2_fakes import tiny_cfg
-from tfmrcnn.checkpoint.d2_names import expected_d2_state_dict_shapes
-from tfmrcnn.checkpoint.infer_config import InferenceError, infer_cfg_from_shapes
+from tfmrcnn.converter.d2_names import expected_d2_state_dict_shapes
+from tfmrcnn.converter.infer_config import InferenceError, infer_cfg_from_shapes
 from tfmrcnn.config import get_cfg
 
 _READ_BACK = [

@@ -3,9 +3,9 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from tfmrcnn.checkpoint.d2_names import TensorSpec
+from tfmrcnn.converter.d2_names import TensorSpec
 from d2_numpy_reference import torch_conv2d, torch_conv_transpose2d
-from tfmrcnn.checkpoint.layouts import tf_shape, to_d2, to_tf
+from tfmrcnn.converter.layouts import tf_shape, to_d2, to_tf
 
 RNG = np.random.default_rng(0)
 

@@ -3,9 +3,9 @@ import numpy as np
 import pytest
 
 from d2_fakes import fake_d2_state, tiny_cfg, write_d2_pkl, write_d2_yaml
-from tfmrcnn.checkpoint.converter import convert_checkpoint
-from tfmrcnn.checkpoint.d2_names import expected_d2_tensors
-from tfmrcnn.checkpoint.layouts import tf_shape
+from tfmrcnn.converter.convert import convert_checkpoint
+from tfmrcnn.converter.d2_names import expected_d2_tensors
+from tfmrcnn.converter.layouts import tf_shape
 from tfmrcnn.checkpoint.weights_io import load_weights, read_weights
 from tfmrcnn.cli.convert import main as convert_main
 from tfmrcnn.config import get_cfg, load_config

@@ -8,7 +8,7 @@ import struct
 import numpy as np
 import pytest
 
-from tfmrcnn.checkpoint.safe_pickle import UnsafePickleError, safe_load, safe_loads
+from tfmrcnn.converter.safe_pickle import UnsafePickleError, safe_load, safe_loads
 
 
 class _RunsShell:

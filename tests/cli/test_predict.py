@@ -53,8 +53,8 @@ def test_corrupt_file_reported(tmp_path, predicted, capfd):
 
 def test_predictions_json_matches_the_model(predicted):
     from tfmrcnn.data.catalog import MetadataCatalog
-    from tfmrcnn.export.model_dir import load_model
-    from tfmrcnn.export.predictor import Predictor
+    from tfmrcnn.checkpoint.model_dir import load_model
+    from tfmrcnn.inference.predictor import Predictor
 
     model_dir, images, out, _ = predicted
     with open(os.path.join(out, "predictions.json")) as f:

@@ -11,7 +11,7 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 import numpy as np  # noqa: E402
 import tensorflow as tf  # noqa: E402
 
-from tfmrcnn.engine.hvd_utils import init_horovod  # noqa: E402
+from tfmrcnn.distributed import init_horovod  # noqa: E402
 from tfmrcnn.modeling.norm import EPS, SyncBatchNorm  # noqa: E402
 
 hvd = init_horovod()

@@ -19,7 +19,7 @@ import numpy as np  # noqa: E402
 import tensorflow as tf  # noqa: E402
 
 from engine_toy import ToyModel, toy_batch, toy_cfg, toy_data_fn  # noqa: E402
-from tfmrcnn.engine.hvd_utils import init_horovod, pin_devices  # noqa: E402
+from tfmrcnn.distributed import init_horovod, pin_devices  # noqa: E402
 from tfmrcnn.engine.trainer import Trainer  # noqa: E402
 
 hvd = init_horovod()

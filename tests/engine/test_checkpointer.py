@@ -7,7 +7,7 @@ import pytest
 import tensorflow as tf
 
 from tfmrcnn.checkpoint.weights_io import read_weights, save_weights
-from tfmrcnn.engine.checkpointer import POINTER_FILE, Checkpointer, checkpoint_name
+from tfmrcnn.checkpoint.checkpointer import POINTER_FILE, Checkpointer, checkpoint_name
 from engine_toy import ToyModel
 
 
@@ -54,7 +54,7 @@ def test_truncated_newest_and_temp_leftovers_are_ignored(tmp_path, broken, caplo
     data = open(target, "rb").read()
     open(target, "wb").write(data[:len(data) // 2])                 # interrupted write
     (tmp_path / ".tmp-abc123model_0000014.npz").write_bytes(data[:100])  # leftover temp file
-    with caplog.at_level(logging.WARNING, logger="tfmrcnn.engine.checkpointer"):
+    with caplog.at_level(logging.WARNING, logger="tfmrcnn.checkpoint.checkpointer"):
         path, state, meta = ck.find_latest()
     assert path == good and meta["iteration"] == 5
     assert "Ignoring checkpoint" in caplog.text and "model_0000009" in caplog.text
@@ -71,7 +71,7 @@ def test_initial_weights_skip_mismatched_shapes_by_name(tmp_path, caplog):
     arrays = {"head.fc.weight": src.w.numpy(), "head.fc.bias": np.zeros(7, np.float32)}
     save_weights(str(tmp_path / "init.npz"), arrays)
     bias_before = model.b.numpy().copy()
-    with caplog.at_level(logging.INFO, logger="tfmrcnn.engine.checkpointer"):
+    with caplog.at_level(logging.INFO, logger="tfmrcnn.checkpoint.checkpointer"):
         ck.load_initial_weights(str(tmp_path / "init.npz"))
     np.testing.assert_array_equal(model.w.numpy(), src.w.numpy())
     np.testing.assert_array_equal(model.b.numpy(), bias_before)

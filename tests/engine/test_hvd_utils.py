@@ -7,7 +7,7 @@ import time
 
 import pytest
 
-from tfmrcnn.engine.hvd_utils import Watchdog, check_world_size, launcher_world_size
+from tfmrcnn.distributed import Watchdog, check_world_size, launcher_world_size
 
 ROOT = pathlib.Path(__file__).resolve().parents[2]
 
@@ -28,7 +28,7 @@ def test_gloo_only_horovod_under_mpirun_is_stopped_with_a_clear_message():
 
 def test_watchdog_ends_a_hung_process():
     code = ("import time\n"
-            "from tfmrcnn.engine.hvd_utils import Watchdog\n"
+            "from tfmrcnn.distributed import Watchdog\n"
             "w = Watchdog(0.5, rank=3, poll=0.1).start()\n"
             "w.beat(41)\n"
             "time.sleep(30)\n")
@@ -57,7 +57,7 @@ def test_watchdog_pause_and_beats_keep_it_quiet():
     ("MODEL.RESNETS.NORM", "BN", False)])
 def test_uses_sync_bn(key, value, expected):
     from tfmrcnn.config import get_cfg
-    from tfmrcnn.engine.hvd_utils import uses_sync_bn
+    from tfmrcnn.distributed import uses_sync_bn
 
     cfg = get_cfg()
     if key:
@@ -67,7 +67,7 @@ def test_uses_sync_bn(key, value, expected):
 
 def test_cpu_cycle_time_depends_on_sync_bn(monkeypatch):
     """On a CPU host the Horovod cycle is 20 ms, 5 ms with SyncBN; the user's value wins."""
-    from tfmrcnn.engine import hvd_utils
+    from tfmrcnn import distributed as hvd_utils
 
     seen = []
     monkeypatch.setattr(hvd_utils, "check_world_size", lambda size: None)
@@ -83,7 +83,7 @@ def test_cpu_cycle_time_depends_on_sync_bn(monkeypatch):
 
 
 def test_cpu_cores_for_rank_splits_the_allowed_cores_evenly_and_disjointly():
-    from tfmrcnn.engine.hvd_utils import cpu_cores_for_rank
+    from tfmrcnn.distributed import cpu_cores_for_rank
 
     allowed = {7, 1, 3, 5, 9}
     shares = [cpu_cores_for_rank(allowed, r, 2) for r in range(2)]
@@ -96,7 +96,7 @@ def test_cpu_cores_for_rank_splits_the_allowed_cores_evenly_and_disjointly():
 
 def test_set_process_affinity_pins_running_and_later_threads():
     code = ("import os, threading\n"
-            "from tfmrcnn.engine.hvd_utils import set_process_affinity\n"
+            "from tfmrcnn.distributed import set_process_affinity\n"
             "core = min(os.sched_getaffinity(0))\n"
             "go = threading.Event()\n"
             "early = threading.Thread(target=go.wait); early.start()\n"

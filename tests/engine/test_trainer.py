@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from tfmrcnn.engine.hvd_utils import init_horovod
+from tfmrcnn.distributed import init_horovod
 from tfmrcnn.engine.trainer import Trainer
 from engine_toy import ToyModel, toy_batch, toy_cfg, toy_data_fn
 

@@ -12,7 +12,7 @@ import sys
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from engine_toy import ToyModel, toy_cfg, toy_data_fn  # noqa: E402
-from tfmrcnn.engine.hvd_utils import init_horovod  # noqa: E402
+from tfmrcnn.distributed import init_horovod  # noqa: E402
 from tfmrcnn.engine.logger import setup_logger  # noqa: E402
 from tfmrcnn.engine.trainer import Trainer  # noqa: E402
 

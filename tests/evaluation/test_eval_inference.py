@@ -8,7 +8,7 @@ import coco_toy_set as toy
 from tfmrcnn.config import get_cfg
 from tfmrcnn.evaluation.coco_evaluation import COCOEvaluator
 from tfmrcnn.evaluation.inference import inference_on_dataset
-from tfmrcnn.evaluation.resize import eval_resize_shape, pad_batch, prepare_eval_images
+from tfmrcnn.data.resize import eval_resize_shape, pad_batch, prepare_eval_images
 
 
 def test_resize_shape_equals_detectron2_table(fixtures_dir):

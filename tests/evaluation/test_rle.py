@@ -4,7 +4,7 @@ import pycocotools.mask as mask_util
 
 from tfmrcnn.evaluation import rle as rle_module
 from tfmrcnn.evaluation.rle import encode_masks, window_rle_counts
-from tfmrcnn.modeling.mask_paste import paste_masks_in_image, paste_windows
+from tfmrcnn.inference.paste import paste_masks_in_image, paste_windows
 
 
 def _reference(mask):

@@ -3,7 +3,7 @@ import pytest
 
 from tfmrcnn.config import load_config
 from tfmrcnn.data.catalog import COCO_CATEGORIES, MetadataCatalog
-from tfmrcnn.export.model_dir import (ModelDirError, label_to_category_id, model_dir_paths,
+from tfmrcnn.checkpoint.model_dir import (ModelDirError, label_to_category_id, model_dir_paths,
                                       resolve_class_names)
 
 

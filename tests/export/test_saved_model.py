@@ -7,9 +7,9 @@ import pytest
 import tensorflow as tf
 
 import toy_model_dir as toy
-from tfmrcnn.evaluation.resize import prepare_eval_images
+from tfmrcnn.data.resize import prepare_eval_images
 from tfmrcnn.export.saved_model import postprocess_tf, preprocess_image_tf, resized_shape_tf
-from tfmrcnn.modeling.postprocess import detector_postprocess
+from tfmrcnn.inference.postprocess import detector_postprocess
 
 
 def _d2_resize_shape(h, w, short, max_size):
@@ -73,8 +73,8 @@ def test_postprocess_matches_numpy_path():
 def test_saved_model_matches_python_predictor(tmp_path):
     from tfmrcnn.cli.export import main as export_main
     from tfmrcnn.data.catalog import MetadataCatalog
-    from tfmrcnn.export.model_dir import load_model
-    from tfmrcnn.export.predictor import Predictor
+    from tfmrcnn.checkpoint.model_dir import load_model
+    from tfmrcnn.inference.predictor import Predictor
     from tfmrcnn.export.saved_model import load_saved_model
 
     model_dir, saved = str(tmp_path / "model"), str(tmp_path / "saved")

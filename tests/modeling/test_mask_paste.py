@@ -3,7 +3,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from tfmrcnn.modeling.mask_paste import paste_masks_in_image, paste_masks_in_image_tf
+from tfmrcnn.inference.paste import paste_masks_in_image, paste_masks_in_image_tf
 
 
 def _reference_probs(mask, box, height, width):

@@ -2,8 +2,8 @@
 import numpy as np
 import tensorflow as tf
 
-from tfmrcnn.modeling.mask_paste import paste_masks_in_image
-from tfmrcnn.modeling.postprocess import detector_postprocess, unbatch_outputs
+from tfmrcnn.inference.paste import paste_masks_in_image
+from tfmrcnn.inference.postprocess import detector_postprocess, unbatch_outputs
 
 
 def _outputs(seed=0, batch=2, dets=6):

@@ -1,4 +1,5 @@
-"""Checkpoints: tfmrcnn's .npz weights file, the detectron2/Caffe2 converter, the safe unpickler.
+"""Our weights on disk: the .npz weights file (weights_io), training checkpoints
+(checkpointer) and model folders (model_dir).
 
-Importing this package does not import TensorFlow (the converter runs without it).
+The detectron2/Caffe2 converter lives in `tfmrcnn.converter`.
 """

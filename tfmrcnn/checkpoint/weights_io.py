@@ -1,7 +1,7 @@
 """tfmrcnn's weights file: an `.npz` of detectron2-named arrays in TensorFlow layout.
 
 Convention: each entry is ``<detectron2 state-dict key> -> ndarray`` in the layout of the
-model's `tf.Variable` (see `tfmrcnn.checkpoint.layouts`); the optional entry ``__meta__`` is a
+model's `tf.Variable` (see `tfmrcnn.converter.layouts`); the optional entry ``__meta__`` is a
 0-d unicode array holding a JSON object (``format_version``, ``source``, ...). Files are read
 with ``allow_pickle=False``, so a weights file can never run code.
 """

@@ -31,8 +31,8 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Optional[List[str]] = None) -> int:
     args = build_parser().parse_args(argv)
     # imported after parsing so that --help stays instant
-    from tfmrcnn.checkpoint.converter import ConversionError, convert_checkpoint
-    from tfmrcnn.checkpoint.safe_pickle import UnsafePickleError
+    from tfmrcnn.converter.convert import ConversionError, convert_checkpoint
+    from tfmrcnn.converter.safe_pickle import UnsafePickleError
     from tfmrcnn.config import ConfigError
     try:
         convert_checkpoint(args.model, args.output, d2_config=args.d2_config)

@@ -45,7 +45,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def _setup_horovod(pin_cpu_cores: bool = False):
     """(rank, size): Horovod is initialised only under a multi-process launcher."""
-    from tfmrcnn.engine.hvd_utils import init_horovod, launcher_world_size, pin_devices
+    from tfmrcnn.distributed import init_horovod, launcher_world_size, pin_devices
 
     if (launcher_world_size() or 1) <= 1:
         pin_devices(0)

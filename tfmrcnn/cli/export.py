@@ -44,7 +44,7 @@ def main(argv: Optional[List[str]] = None) -> int:
     args = build_parser().parse_args(argv)
     # imported after parsing so that --help stays instant
     from tfmrcnn.config import ConfigError
-    from tfmrcnn.export.model_dir import ModelDirError, load_model, resolve_class_names
+    from tfmrcnn.checkpoint.model_dir import ModelDirError, load_model, resolve_class_names
     from tfmrcnn.export.saved_model import export_saved_model
 
     try:

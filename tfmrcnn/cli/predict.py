@@ -14,7 +14,7 @@ format with two extra keys::
 
 ``image_id`` is the image's index in the sorted input list; ``category_id`` is the dataset id of
 the contiguous label (the training dataset's map, the COCO ids for an 80-class model, otherwise
-label + 1), see `tfmrcnn.export.model_dir`. Boxes and masks are in original-image pixels.
+label + 1), see `tfmrcnn.checkpoint.model_dir`. Boxes and masks are in original-image pixels.
 
 ``--score-threshold`` sets MODEL.ROI_HEADS.SCORE_THRESH_TEST, as detectron2's demo does (an
 explicit KEY=VALUE override of that key wins). An unreadable image prints an error line and is
@@ -99,9 +99,9 @@ def run(args) -> int:
 
     from tfmrcnn.config import ConfigError
     from tfmrcnn.evaluation.coco_evaluation import instances_to_coco_json
-    from tfmrcnn.export.model_dir import (ModelDirError, label_to_category_id, load_model,
+    from tfmrcnn.checkpoint.model_dir import (ModelDirError, label_to_category_id, load_model,
                                           resolve_class_names)
-    from tfmrcnn.export.predictor import Predictor
+    from tfmrcnn.inference.predictor import Predictor
     from tfmrcnn.utils.visualize import draw_instances
     from tqdm import tqdm
 

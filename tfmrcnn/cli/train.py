@@ -88,7 +88,7 @@ def make_train_vis_fn(cfg, model, num_images=2):
     """(batch numpy dict, iteration) -> RGB pictures of predictions on training images."""
     import numpy as np
 
-    from tfmrcnn.modeling.postprocess import unbatch_outputs
+    from tfmrcnn.inference.postprocess import unbatch_outputs
     from tfmrcnn.utils.visualize import draw_instances
 
     infer = model.make_inference_fn()
@@ -127,7 +127,7 @@ def write_val_pictures(cfg, model, num_images: int) -> List[str]:
     import cv2
 
     from tfmrcnn.evaluation.inference import get_dataset_dicts, read_image_bgr
-    from tfmrcnn.export.predictor import Predictor
+    from tfmrcnn.inference.predictor import Predictor
     from tfmrcnn.utils.visualize import draw_instances
 
     if num_images <= 0 or not cfg.DATASETS.TEST:
@@ -174,7 +174,7 @@ def main(argv: Optional[List[str]] = None) -> int:
         print(f"tfmrcnn-train: error: {e}", file=sys.stderr)
         return 2
 
-    from tfmrcnn.engine.hvd_utils import Watchdog, init_horovod, pin_devices, uses_sync_bn
+    from tfmrcnn.distributed import Watchdog, init_horovod, pin_devices, uses_sync_bn
 
     hvd = init_horovod(sync_bn=uses_sync_bn(cfg))
     device = pin_devices(hvd.local_rank(), cfg.TRAINER.NUM_THREADS, hvd.local_size(),

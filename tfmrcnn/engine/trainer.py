@@ -28,8 +28,8 @@ from typing import Callable, Dict, Optional
 
 import tensorflow as tf
 
-from tfmrcnn.engine.checkpointer import Checkpointer
-from tfmrcnn.engine.hvd_utils import Watchdog
+from tfmrcnn.checkpoint.checkpointer import Checkpointer
+from tfmrcnn.distributed import Watchdog
 from tfmrcnn.engine.logger import MetricHistory, TensorBoardWriter, format_log_line
 from tfmrcnn.engine.solver import (DynamicLossScale, WarmupMultiStepLR, build_optimizer,
                                    clip_gradients)

@@ -20,8 +20,8 @@ import cv2
 import numpy as np
 
 from tfmrcnn.evaluation.distributed import world
-from tfmrcnn.evaluation.resize import prepare_eval_images
-from tfmrcnn.modeling.postprocess import detector_postprocess, unbatch_outputs
+from tfmrcnn.data.resize import prepare_eval_images
+from tfmrcnn.inference.postprocess import detector_postprocess, unbatch_outputs
 
 __all__ = ["inference_on_dataset", "get_dataset_dicts", "read_image_bgr", "inference_callable"]
 

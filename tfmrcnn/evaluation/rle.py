@@ -8,7 +8,7 @@ with a one); the last run is always written, zero runs in between never. The com
 (``counts`` as a string) is a fixed function of those counts, so building the counts of a
 window and letting pycocotools compress them gives byte-identical results to ``encode`` of the
 full mask, while touching only the window's pixels: a pasted mask is empty outside its box's
-pixel window (`tfmrcnn.modeling.mask_paste.paste_windows`).
+pixel window (`tfmrcnn.inference.paste.paste_windows`).
 """
 from __future__ import annotations
 

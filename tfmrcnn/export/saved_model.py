@@ -35,7 +35,7 @@ from typing import Dict, Optional, Sequence
 import tensorflow as tf
 
 from tfmrcnn.data import transforms as T
-from tfmrcnn.modeling.mask_paste import paste_masks_in_image_tf
+from tfmrcnn.inference.paste import paste_masks_in_image_tf
 
 __all__ = ["resized_shape_tf", "preprocess_image_tf", "postprocess_tf", "ServingModule",
            "export_saved_model", "load_saved_model", "SERVE_ENCODED_KEY"]

@@ -5,7 +5,7 @@ Convention
 Input: a list of (H, W, 3) uint8 images in BGR order (what ``cv2.imread`` returns), whatever
 INPUT.FORMAT the model was trained with (RGB models get their channels swapped here).
 Steps: ResizeShortestEdge(MIN_SIZE_TEST, MAX_SIZE_TEST) + zero padding to SIZE_DIVISIBILITY
-(`tfmrcnn.evaluation.resize`) -> model inference -> `detector_postprocess` (separate x/y
+(`tfmrcnn.data.resize`) -> model inference -> `detector_postprocess` (separate x/y
 scales back to the original image, masks pasted with detectron2's paste at MASK threshold).
 Output per image: boxes (D, 4) float32 xyxy in original-image pixels, scores (D,) float32,
 classes (D,) int32 contiguous labels, masks (D, H, W) bool (MASK_ON models).
@@ -17,8 +17,8 @@ from typing import Dict, List, Sequence
 import numpy as np
 
 from tfmrcnn.evaluation.inference import inference_callable
-from tfmrcnn.evaluation.resize import prepare_eval_images
-from tfmrcnn.modeling.postprocess import detector_postprocess, unbatch_outputs
+from tfmrcnn.data.resize import prepare_eval_images
+from tfmrcnn.inference.postprocess import detector_postprocess, unbatch_outputs
 
 __all__ = ["Predictor"]
 

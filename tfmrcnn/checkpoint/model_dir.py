@@ -22,7 +22,7 @@ from __future__ import annotations
 import os
 from typing import List, Optional, Sequence, Tuple
 
-from tfmrcnn.checkpoint.converter import CONFIG_FILENAME, WEIGHTS_FILENAME
+from tfmrcnn.converter.convert import CONFIG_FILENAME, WEIGHTS_FILENAME
 
 __all__ = ["CONFIG_FILENAME", "WEIGHTS_FILENAME", "CLASS_NAMES_FILENAME", "ModelDirError",
            "model_dir_paths", "load_model", "read_class_names", "resolve_class_names",

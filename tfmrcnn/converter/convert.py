@@ -30,7 +30,7 @@ from .d2_names import BOTTOM_UP, TensorSpec, expected_d2_tensors
 from .infer_config import infer_cfg_from_shapes
 from .layouts import to_d2, to_tf
 from .safe_pickle import UnsafePickleError, safe_load
-from .weights_io import atomic_write, save_weights
+from tfmrcnn.checkpoint.weights_io import atomic_write, save_weights
 
 __all__ = [
     "ConversionError", "Checkpoint", "ConversionResult", "FROZEN_BN_EPS",

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from tfmrcnn.modeling.mask_paste import paste_masks_in_image, paste_windows
+from tfmrcnn.inference.paste import paste_masks_in_image, paste_windows
 
 __all__ = ["unbatch_outputs", "detector_postprocess"]
 
