@@ -4,6 +4,7 @@ import contextlib
 import io
 import json
 import os
+import re
 
 import cv2
 import numpy as np
@@ -181,16 +182,66 @@ def test_ensure_reuses_a_complete_set(tmp_path, monkeypatch):
     def fail(*args, **kwargs):
         raise AssertionError("regenerated a complete set")
 
-    monkeypatch.setattr(shapes, "generate_shapes_dataset", fail)
+    monkeypatch.setattr(shapes, "_write_set", fail)
     assert shapes.ensure_shapes_dataset(root, 2, 1, seed=3) == os.path.abspath(root)
 
 
 def test_ensure_replaces_a_set_with_other_parameters(tmp_path):
     root = str(tmp_path / "cached")
-    shapes.ensure_shapes_dataset(root, 2, 1, seed=3)
     shapes.ensure_shapes_dataset(root, 3, 1, seed=3)
-    assert len(os.listdir(os.path.join(root, "train"))) == 3
-    assert sorted(os.listdir(tmp_path)) == ["cached", "cached.lock"]  # nothing left over
+    shapes.ensure_shapes_dataset(root, 2, 1, seed=3)
+    assert sorted(os.listdir(os.path.join(root, "train"))) == ["000001.png", "000002.png"]
+    assert sorted(os.listdir(tmp_path)) == ["cached"]  # nothing left beside it
+
+
+def test_replacing_a_set_keeps_files_the_generator_did_not_write(tmp_path):
+    root = tmp_path / "cached"
+    shapes.ensure_shapes_dataset(str(root), 3, 1, seed=3)
+    (root / "notes.txt").write_text("mine")
+    (root / "train" / "extra.png").write_bytes(b"mine")
+    shapes.ensure_shapes_dataset(str(root), 1, 1, seed=4)
+    assert (root / "notes.txt").read_text() == "mine"
+    assert sorted(os.listdir(root / "train")) == ["000001.png", "extra.png"]
+
+
+# Every way a command reaches the generator: the CLI's --output, $TFMRCNN_SHAPES_DIR and
+# $TFMRCNN_DATASETS/shapes (through the catalog, as tfmrcnn-eval/train do).
+def _user_folder(path):
+    (path / "sub").mkdir(parents=True)
+    (path / "important.txt").write_text("x")
+    (path / "sub" / "labels.csv").write_text("a,b")
+    return _all_files(path)
+
+
+def test_cli_refuses_a_folder_it_did_not_create(tmp_path, capsys):
+    folder = tmp_path / "d"
+    before = _user_folder(folder)
+    with pytest.raises(SystemExit) as exit_info:
+        shapes_cli.main(["--output", str(folder), "--num-train", "2", "--num-val", "1"])
+    assert exit_info.value.code not in (0, None)
+    assert str(folder) in str(exit_info.value.code) and "not made by the shapes generator" in str(
+        exit_info.value.code)
+    assert _all_files(folder) == before and sorted(os.listdir(tmp_path)) == ["d"]
+
+
+@pytest.mark.parametrize("variable", ["TFMRCNN_SHAPES_DIR", "TFMRCNN_DATASETS"])
+def test_catalog_refuses_a_folder_it_did_not_create(tmp_path, monkeypatch, variable):
+    from tfmrcnn.data.catalog import DatasetCatalog
+
+    monkeypatch.delenv("TFMRCNN_SHAPES_DIR", raising=False)
+    monkeypatch.setenv(variable, str(tmp_path / "d"))
+    folder = tmp_path / "d" / ("shapes" if variable == "TFMRCNN_DATASETS" else "")
+    before = _user_folder(folder)
+    with pytest.raises(shapes.ForeignDirectoryError, match=re.escape(str(folder))):
+        DatasetCatalog.get("shapes_val")
+    assert _all_files(folder) == before
+
+
+def test_an_empty_folder_is_adopted(tmp_path):
+    folder = tmp_path / "empty"
+    folder.mkdir()
+    shapes.ensure_shapes_dataset(str(folder), 1, 1, seed=3)
+    assert (folder / shapes.OWNER_MARKER).is_file() and (folder / "STAMP.json").is_file()
 
 
 def test_crash_mid_write_leaves_no_set_that_looks_complete(tmp_path, monkeypatch):
@@ -205,8 +256,8 @@ def test_crash_mid_write_leaves_no_set_that_looks_complete(tmp_path, monkeypatch
     monkeypatch.setattr(shapes, "_write_split", crash_on_val)
     with pytest.raises(RuntimeError, match="simulated"):
         shapes.ensure_shapes_dataset(root, 2, 1, seed=3)
-    assert not os.path.exists(root)
-    assert sorted(os.listdir(tmp_path)) == ["crashy.lock"]
+    assert not os.path.exists(os.path.join(root, "STAMP.json"))
+    assert os.path.isfile(os.path.join(root, shapes.OWNER_MARKER))  # still ours: may be redone
     monkeypatch.setattr(shapes, "_write_split", real)
     shapes.ensure_shapes_dataset(root, 2, 1, seed=3)
     assert os.path.isfile(shapes.shapes_paths(root, "val")[0])

@@ -4,12 +4,15 @@
     python -m tfmrcnn.cli.shapes --output DIR --image-size 256 256   # fixed size
 
 Without --image-size each image side is drawn from --size-range (default 192 320).
+DIR must be new, empty, or a folder this command wrote before (it holds a .tfmrcnn-shapes
+marker): any other folder is refused with an error and left untouched.
 """
 
 import argparse
 import logging
 
-from tfmrcnn.data.shapes import DEFAULT_SIZE_RANGE, SPLITS, ensure_shapes_dataset, shapes_paths
+from tfmrcnn.data.shapes import (DEFAULT_SIZE_RANGE, SPLITS, ForeignDirectoryError,
+                                  ensure_shapes_dataset, shapes_paths)
 
 
 def build_parser():
@@ -32,8 +35,11 @@ def main(argv=None):
         raise SystemExit("--num-train and --num-val must be >= 0")
     if args.size_range[0] < 32 or args.size_range[0] > args.size_range[1]:
         raise SystemExit("--size-range needs 32 <= LO <= HI")
-    root = ensure_shapes_dataset(args.output, args.num_train, args.num_val, args.seed,
-                                 image_size=args.image_size, size_range=args.size_range)
+    try:
+        root = ensure_shapes_dataset(args.output, args.num_train, args.num_val, args.seed,
+                                     image_size=args.image_size, size_range=args.size_range)
+    except ForeignDirectoryError as e:
+        raise SystemExit(f"tfmrcnn-shapes: error: {e}") from None
     for split in SPLITS:
         json_file, image_root = shapes_paths(root, split)
         print(f"{split}: {json_file}  images: {image_root}")

@@ -8,7 +8,8 @@ Built-in names (paths resolved when used, so environment variables may be set la
   ``coco/annotations/instances_{train,val}2017.json``.
 - ``shapes_train`` / ``shapes_val``: the synthetic set of ``tfmrcnn.data.shapes``, generated on
   first use under ``$TFMRCNN_SHAPES_DIR`` (default ``$TFMRCNN_DATASETS/shapes``) with
-  ``SHAPES_DEFAULTS``.
+  ``SHAPES_DEFAULTS``. That folder must be new, empty or the generator's own; any other folder
+  raises ``ForeignDirectoryError`` naming it, and nothing in it is touched.
 """
 
 import difflib

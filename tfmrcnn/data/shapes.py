@@ -14,7 +14,14 @@ Layout written under ``root``::
     root/train/000001.png ...           images (BGR noise + shapes, PNG)
     root/val/000001.png ...
     root/annotations/instances_train.json, instances_val.json
+    root/.tfmrcnn-shapes                owner marker; written first (see claim_directory)
     root/STAMP.json                     generation parameters; written last (see ensure_...)
+
+Ownership: the generator writes only into a folder it created or an empty one, and marks it
+before writing anything else. A folder that exists, is not empty and has no marker (and no
+stamp of an earlier generator version) is someone else's: ``ForeignDirectoryError`` names it
+and nothing is written, renamed or deleted. Replacing a set deletes only the files that set's
+stamp says the generator wrote.
 
 Determinism: image ``k`` of a split is drawn from ``SeedSequence([seed, split, k])``, so the
 same seed gives byte-identical files, and an image does not depend on how many were asked for.
@@ -25,15 +32,14 @@ import fcntl
 import json
 import logging
 import os
-import shutil
-import tempfile
 
 import cv2
 import numpy as np
 
 __all__ = [
     "CATEGORIES", "DEFAULT_SIZE_RANGE", "SPLITS", "generate_shapes_dataset",
-    "ensure_shapes_dataset", "shapes_paths", "render_polygon",
+    "ensure_shapes_dataset", "shapes_paths", "render_polygon", "claim_directory",
+    "ForeignDirectoryError", "OWNER_MARKER",
 ]
 
 logger = logging.getLogger(__name__)
@@ -45,6 +51,8 @@ CATEGORIES = ({"id": 1, "name": "circle", "vertices": 32},
 SPLITS = ("train", "val")
 DEFAULT_SIZE_RANGE = (192, 320)  # image sides drawn uniformly (inclusive) per image and axis
 GENERATOR_VERSION = 1  # bump when the drawing changes, so old stamped sets are regenerated
+OWNER_MARKER = ".tfmrcnn-shapes"  # in a folder the generator created or adopted empty
+STAMP_FILE = "STAMP.json"
 
 _MAX_OBJECTS = 4
 _PLACEMENT_TRIES = 50
@@ -191,17 +199,62 @@ def shapes_paths(root, split):
             os.path.join(root, split))
 
 
+def _generated_files(params):
+    """Paths (relative to the root) of every file a set with these parameters consists of."""
+    files = []
+    for split, num in zip(SPLITS, (params["num_train"], params["num_val"])):
+        files += [os.path.join(split, f"{k + 1:06d}.png") for k in range(num)]
+        files.append(os.path.join("annotations", f"instances_{split}.json"))
+    return files
+
+
+class ForeignDirectoryError(FileExistsError):
+    """The output folder exists with content the generator did not write."""
+
+
+def claim_directory(root):
+    """Make sure ``root`` is the generator's folder; returns the path of its owner marker.
+
+    ``root`` is created if missing; an existing empty folder is adopted; a folder holding a
+    stamp of any generator version is ours from before markers existed. Any other existing
+    folder raises ForeignDirectoryError naming it, before anything is written. The marker is
+    the first file written, so a folder the generator is filling is always recognisably ours.
+    """
+    marker = os.path.join(root, OWNER_MARKER)
+    try:
+        os.makedirs(root)
+    except FileExistsError:
+        if not os.path.isdir(root):
+            raise ForeignDirectoryError(
+                f"Shapes data set path {root} exists and is not a folder; choose another "
+                f"path") from None
+        if not os.path.exists(marker) and os.listdir(root) and _read_stamp(root) is None:
+            raise ForeignDirectoryError(
+                f"Refusing to write the shapes data set into {root}: the folder exists, is "
+                f"not empty and was not made by the shapes generator (no {OWNER_MARKER} "
+                f"file). Nothing was changed. Choose a new or empty folder (--output, "
+                f"$TFMRCNN_SHAPES_DIR or $TFMRCNN_DATASETS), or move that folder away.") from None
+    with open(marker, "a"):
+        pass
+    return marker
+
+
+def _write_set(root, num_train, num_val, seed, image_size, size_range):
+    for split_index, (split, num) in enumerate(zip(SPLITS, (num_train, num_val))):
+        _write_split(root, split, split_index, num, seed, image_size, size_range)
+
+
 def generate_shapes_dataset(root, num_train=1000, num_val=100, seed=0, image_size=None,
                             size_range=DEFAULT_SIZE_RANGE):
-    """Write the set under ``root`` (created; existing files are overwritten).
+    """Write the set under ``root`` (see claim_directory: a foreign folder is refused; the
+    set's own files are overwritten), without a stamp.
 
     image_size: (H, W) for every image, or None to draw each side from ``size_range``.
     Returns the parameters dict that ensure_shapes_dataset stamps.
     """
-    params = _params(num_train, num_val, seed, image_size, size_range)
-    for split_index, (split, num) in enumerate(zip(SPLITS, (num_train, num_val))):
-        _write_split(root, split, split_index, num, seed, image_size, size_range)
-    return params
+    claim_directory(root)
+    _write_set(root, num_train, num_val, seed, image_size, size_range)
+    return _params(num_train, num_val, seed, image_size, size_range)
 
 
 def _params(num_train, num_val, seed, image_size, size_range):
@@ -211,11 +264,15 @@ def _params(num_train, num_val, seed, image_size, size_range):
 
 
 def _read_stamp(root):
+    """The stamp's parameters dict, or None when there is no readable stamp."""
     try:
-        with open(os.path.join(root, "STAMP.json")) as f:
-            return json.load(f)
+        with open(os.path.join(root, STAMP_FILE)) as f:
+            stamp = json.load(f)
     except (OSError, ValueError):
         return None
+    if not isinstance(stamp, dict) or not {"version", "num_train", "num_val"} <= set(stamp):
+        return None
+    return stamp
 
 
 @contextlib.contextmanager
@@ -229,36 +286,48 @@ def _file_lock(path):
             fcntl.flock(f, fcntl.LOCK_UN)
 
 
+def _remove_generated(root, stamp):
+    """Delete the files (and then-empty folders) that the stamped set consists of; nothing else."""
+    os.remove(os.path.join(root, STAMP_FILE))  # first: a half-removed set must not look complete
+    if stamp is None:
+        return
+    try:
+        files = _generated_files(stamp)
+    except (KeyError, TypeError, ValueError):
+        return
+    for rel in files:
+        path = os.path.join(root, rel)
+        if os.path.isfile(path) and not os.path.islink(path):
+            os.remove(path)
+    for folder in (*SPLITS, "annotations"):
+        with contextlib.suppress(OSError):  # not empty (someone else's files) or absent
+            os.rmdir(os.path.join(root, folder))
+
+
 def ensure_shapes_dataset(root, num_train=1000, num_val=100, seed=0, image_size=None,
                           size_range=DEFAULT_SIZE_RANGE):
     """Generate the set under ``root`` unless a complete one with these parameters is there.
 
-    The set is written into a temporary sibling directory, ``STAMP.json`` last, then renamed to
-    ``root``; a crash therefore never leaves a ``root`` that has a stamp but missing files.
-    A set with other parameters is replaced. Returns ``root``.
+    ``root`` must be the generator's folder (see claim_directory). Under a lock on its owner
+    marker: a set with other parameters is removed file by file (its stamp first), the new one
+    written, and ``STAMP.json`` written last (atomically), so a crash never leaves a stamped set
+    with missing files. Returns ``root`` (absolute).
     """
     root = os.path.abspath(root)
     params = _params(num_train, num_val, seed, image_size, size_range)
     if _read_stamp(root) == params:
         return root
-    parent = os.path.dirname(root)
-    os.makedirs(parent, exist_ok=True)
-    with _file_lock(root + ".lock"):
-        if _read_stamp(root) == params:  # another process made it while we waited
+    marker = claim_directory(root)
+    with _file_lock(marker):
+        old = _read_stamp(root)
+        if old == params:  # another process made it while we waited
             return root
+        if os.path.exists(os.path.join(root, STAMP_FILE)):
+            _remove_generated(root, old)
         logger.info("Generating shapes dataset under %s: %s", root, params)
-        tmp = tempfile.mkdtemp(prefix=os.path.basename(root) + ".tmp-", dir=parent)
-        try:
-            generate_shapes_dataset(tmp, num_train, num_val, seed, image_size, size_range)
-            with open(os.path.join(tmp, "STAMP.json"), "w") as f:
-                json.dump(params, f, indent=1)
-            if os.path.lexists(root):
-                stale = tempfile.mkdtemp(prefix=os.path.basename(root) + ".old-", dir=parent)
-                os.rename(root, os.path.join(stale, "set"))
-                shutil.rmtree(stale, ignore_errors=True)
-            os.chmod(tmp, 0o755)  # mkdtemp makes it private
-            os.rename(tmp, root)
-        finally:
-            if os.path.exists(tmp):
-                shutil.rmtree(tmp, ignore_errors=True)
+        _write_set(root, num_train, num_val, seed, image_size, size_range)
+        tmp = os.path.join(root, f".{STAMP_FILE}.tmp-{os.getpid()}")
+        with open(tmp, "w") as f:
+            json.dump(params, f, indent=1)
+        os.replace(tmp, os.path.join(root, STAMP_FILE))
     return root
