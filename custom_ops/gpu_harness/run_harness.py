@@ -5,13 +5,16 @@ Run from the repository root:  python custom_ops/gpu_harness/run_harness.py [--a
 
 It compiles roi_align_gpu_kernels.cu.h (the exact kernels of the TF op) with nvcc and
 roi_align_cpu.h (the CPU op's kernels) with g++, then compares on the test suite's cases
-(tests/ops/roi_align_numpy.py: every box kind, aligned true/false, sampling 0/1/2/4, 7x7,
-14x14, 5x3, R = 0):
+(custom_ops/reference/roi_align_numpy.py: every box kind, aligned true/false, sampling
+0/1/2/4, 7x7, 14x14, 5x3, R = 0):
   * GPU float32 forward / backward against the NumPy definition and against the CPU kernel,
   * GPU float16 / bfloat16 against the float32 reference (float32 accumulation),
-  * detectron2's golden vectors (tests/fixtures/d2/roi_align_*.npz), outputs and gradients,
+  * detectron2's golden vectors (roi_align_*.npz of --golden-dir, default the test suite's
+    tests/fixtures/d2), outputs and gradients,
   * torchvision.ops.roi_align (NCHW) when torchvision is installed,
-and times forward / backward on the benchmark problem. Exits 1 on any mismatch.
+and times forward / backward on the benchmark problem (benchmarks/common.py). Exits 1 on any
+mismatch. Imports only NumPy-only modules of this repository (the NumPy ROIAlign definition and
+the benchmark problem), nothing from tests/.
 """
 import argparse
 import ctypes
@@ -27,8 +30,9 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(os.path.dirname(HERE))
 sys.path.insert(0, ROOT)
 
-from tests.ops.roi_align_numpy import (boxes_of_every_kind, roi_align_grad_np,  # noqa: E402
-                                       roi_align_np)
+from benchmarks.common import ROI_ALIGN_PROBLEM, roi_align_problem  # noqa: E402
+from custom_ops.reference.roi_align_numpy import (boxes_of_every_kind,  # noqa: E402
+                                                  roi_align_grad_np, roi_align_np)
 
 import torch  # noqa: E402
 
@@ -186,8 +190,12 @@ def check_random_cases(k):
             np.zeros(features.shape), 0)
 
 
-def check_golden(k):
-    for path in sorted(glob.glob(os.path.join(ROOT, "tests", "fixtures", "d2", "roi_align_*.npz"))):
+def check_golden(k, golden_dir):
+    paths = sorted(glob.glob(os.path.join(golden_dir, "roi_align_*.npz")))
+    if not paths:
+        FAILURES.append("golden")
+        print("FAIL golden: no roi_align_*.npz in %s" % golden_dir)
+    for path in paths:
         d = np.load(path)
         args = (tuple(int(s) for s in d["output_size"]), float(d["spatial_scale"]),
                 int(d["sampling_ratio"]), bool(d["aligned"]))
@@ -222,14 +230,10 @@ def check_torchvision(k):
 
 def time_benchmark(k, repeats=20):
     """Kernel time (device data, synchronized calls) on the CPU benchmark's problem."""
-    rng = np.random.default_rng(0)
-    f = torch.from_numpy(rng.standard_normal((1, 200, 336, 256)).astype(np.float32)).cuda()
-    sides = np.exp(rng.uniform(np.log(16), np.log(400), (512, 2)))
-    x0 = rng.uniform(0, 1344 - sides[:, 0])
-    y0 = rng.uniform(0, 800 - sides[:, 1])
-    boxes = np.stack([x0, y0, x0 + sides[:, 0], y0 + sides[:, 1]], 1).astype(np.float32)
+    features, boxes, scale = roi_align_problem(**ROI_ALIGN_PROBLEM)
+    f = torch.from_numpy(features).cuda()
     b = torch.from_numpy(boxes).cuda()
-    i = torch.zeros(512, dtype=torch.int32, device="cuda")
+    i = torch.zeros(len(boxes), dtype=torch.int32, device="cuda")
     for output_size in ((7, 7), (14, 14)):
         out = torch.empty((512, *output_size, 256), device="cuda")
         g = torch.randn((512, *output_size, 256), device="cuda")
@@ -253,11 +257,13 @@ def time_benchmark(k, repeats=20):
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--arch", default="native", help="nvcc -arch value (default native)")
+    parser.add_argument("--golden-dir", default=os.path.join(ROOT, "tests", "fixtures", "d2"),
+                        help="folder of detectron2's roi_align_*.npz golden vectors")
     args = parser.parse_args()
     k = Kernels(*build(args.arch))
     print("GPU:", torch.cuda.get_device_name())
     check_random_cases(k)
-    check_golden(k)
+    check_golden(k, args.golden_dir)
     check_torchvision(k)
     time_benchmark(k)
     print("%d failures" % len(FAILURES))

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from tests.ops.roi_align_numpy import roi_align_grad_np, roi_align_np
+from custom_ops.reference.roi_align_numpy import roi_align_grad_np, roi_align_np
 from tfmrcnn.modeling.poolers import ROIPooler, assign_boxes_to_levels
 
 FIXTURES = pathlib.Path(__file__).resolve().parents[1] / "fixtures" / "d2"

@@ -6,7 +6,8 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from tests.ops.roi_align_numpy import boxes_of_every_kind, roi_align_grad_np, roi_align_np
+from custom_ops.reference.roi_align_numpy import (boxes_of_every_kind, roi_align_grad_np,
+                                                  roi_align_np)
 from tfmrcnn.ops import roi_align, roi_align_grad
 
 

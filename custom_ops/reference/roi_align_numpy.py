@@ -1,5 +1,7 @@
 """Independent NumPy ROIAlign written from the definition (detectron2 ROIAlign / torchvision
 roi_align), used as the reference by the op tests, the pooler tests and custom_ops/gpu_harness.
+NumPy only (the GPU harness runs where TensorFlow is not installed); the one copy of this
+definition in the repository.
 
 Each ROI is turned into a dense matrix M (out_h * out_w, H * W): row (ph, pw) holds the bilinear
 weights of every sample of that bin divided by the bin's sample count. Then
