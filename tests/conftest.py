@@ -1,12 +1,15 @@
-"""Shared pytest set-up: quiet TensorFlow, the repo root on sys.path, the fixtures folder."""
+"""Shared pytest set-up: quiet TensorFlow, the repo root and tests/helpers (toy models and data
+shared by several test folders) on sys.path, the fixtures folder."""
 import os
 import pathlib
 import sys
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 ROOT = pathlib.Path(__file__).resolve().parents[1]
-if str(ROOT) not in sys.path:
-    sys.path.insert(0, str(ROOT))
+HELPERS = ROOT / "tests" / "helpers"
+for path in (ROOT, HELPERS):
+    if str(path) not in sys.path:
+        sys.path.insert(0, str(path))
 
 import pytest  # noqa: E402
 

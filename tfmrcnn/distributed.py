@@ -1,4 +1,5 @@
-"""Process set-up under Horovod: init, device pinning, world-size check, a hang watchdog.
+"""Everything Horovod: init, the handle, rank/size, a barrier, device pinning, the world-size
+check, a hang watchdog. Used by training (engine), evaluation and the SyncBN norm.
 
 One process per GPU (or per CPU slot), each pinned to its local rank's GPU. Only plain
 ``tf.Variable`` lists are given to Horovod (its Keras-3 integration is broken, see NOTES.md).
@@ -21,8 +22,9 @@ import sys
 import threading
 import time
 
-__all__ = ["init_horovod", "launcher_world_size", "check_world_size", "pin_devices",
-           "cpu_cores_for_rank", "set_process_affinity", "Watchdog", "LAUNCHER_SIZE_VARIABLES"]
+__all__ = ["init_horovod", "horovod", "horovod_if_distributed", "world", "barrier",
+           "launcher_world_size", "check_world_size", "pin_devices", "cpu_cores_for_rank",
+           "set_process_affinity", "uses_sync_bn", "Watchdog", "LAUNCHER_SIZE_VARIABLES"]
 
 logger = logging.getLogger(__name__)
 
@@ -103,6 +105,47 @@ def init_horovod(sync_bn: bool = False):
     hvd.init()
     check_world_size(hvd.size())
     return hvd
+
+
+def horovod():
+    """horovod.tensorflow if it was imported and initialised (`init_horovod`), else None.
+
+    Looking in sys.modules avoids importing Horovod (slow, optional) just to learn that a
+    single-process run never initialised it.
+    """
+    hvd = sys.modules.get("horovod.tensorflow")
+    if hvd is None:
+        return None
+    try:
+        return hvd if hvd.is_initialized() else None
+    except Exception:  # noqa: BLE001 - a half-initialised Horovod counts as absent
+        return None
+
+
+def horovod_if_distributed():
+    """horovod.tensorflow when it is initialised with more than one rank, else None."""
+    hvd = horovod()
+    try:
+        return hvd if hvd is not None and hvd.size() > 1 else None
+    except (ValueError, AttributeError):
+        return None
+
+
+def world():
+    """(rank, size) of this process; (0, 1) without an initialised Horovod."""
+    hvd = horovod()
+    return (hvd.rank(), hvd.size()) if hvd is not None else (0, 1)
+
+
+def barrier(name: str) -> None:
+    """Block until every rank reaches the barrier of this name (no-op for a single process)."""
+    hvd = horovod_if_distributed()
+    if hvd is None:
+        return
+    import tensorflow as tf
+
+    # The returned sum is read on the host, so the collective has completed on every rank.
+    hvd.allreduce(tf.constant([1.0]), op=hvd.Sum, name=name).numpy()
 
 
 def cpu_cores_for_rank(allowed, local_rank: int, local_size: int):

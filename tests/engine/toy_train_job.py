@@ -10,7 +10,7 @@ import signal
 import sys
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "helpers"))
 from engine_toy import ToyModel, toy_cfg, toy_data_fn  # noqa: E402
 from tfmrcnn.distributed import init_horovod  # noqa: E402
 from tfmrcnn.engine.logger import setup_logger  # noqa: E402

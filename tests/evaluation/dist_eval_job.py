@@ -12,7 +12,7 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import horovod.tensorflow as hvd  # noqa: E402
 
 import coco_toy_set as toy  # noqa: E402
-from tfmrcnn.evaluation.distributed import to_jsonable  # noqa: E402
+from tfmrcnn.utils.file_io import to_jsonable  # noqa: E402
 
 hvd.init()
 assert hvd.size() == 2, f"hvd.size() = {hvd.size()}, expected 2"

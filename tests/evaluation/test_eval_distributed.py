@@ -8,7 +8,7 @@ import sys
 import pytest
 
 import coco_toy_set as toy
-from tfmrcnn.evaluation.distributed import to_jsonable
+from tfmrcnn.utils.file_io import to_jsonable
 
 HERE = pathlib.Path(__file__).resolve().parent
 ROOT = HERE.parents[1]

@@ -3,7 +3,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from tfmrcnn.modeling import norm as norm_lib
+from tfmrcnn import distributed
 from tfmrcnn.modeling.norm import (BatchNorm, FrozenBN, GroupNorm, SyncBatchNorm, get_norm,
                                    is_norm_variable, norm_variables,
                                    use_batch_statistics_at_test)
@@ -131,7 +131,7 @@ def test_sync_bn_two_ranks_equals_bn_over_union(monkeypatch):
     x0 = RNG.normal(1.0, 2.0, size=(2, 3, 4, 4)).astype(np.float32)
     x1 = RNG.normal(-1.0, 0.5, size=(2, 3, 4, 4)).astype(np.float32)
     other = np.concatenate([x1.mean(axis=(0, 1, 2)), (x1 ** 2).mean(axis=(0, 1, 2))])
-    monkeypatch.setattr(norm_lib, "_horovod_if_distributed",
+    monkeypatch.setattr(distributed, "horovod_if_distributed",
                         lambda: _FakeTwoRankHorovod(other.astype(np.float32)))
     n = SyncBatchNorm("s", 4)
     p = _randomise(n)

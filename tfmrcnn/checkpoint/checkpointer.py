@@ -9,7 +9,8 @@ A checkpoint after iteration ``i`` (0-based, ``i + 1`` iterations done) is two f
   scale ...) and ``__meta__`` JSON: ``iteration`` (= iterations done), ``data_positions``
   (batches consumed per rank), ``seed``, ``world_size``.
 
-Both are written to a temporary file in OUTPUT_DIR, fsync'ed and renamed (weights_io.atomic_write);
+Both are written with `tfmrcnn.checkpoint.weights_io.write_npz` (a temporary file in OUTPUT_DIR,
+fsync'ed and renamed: `tfmrcnn.utils.file_io.atomic_write`);
 then the pointer file ``last_checkpoint`` (holding the weights file name) is replaced the same
 way. Reading tries the pointer's checkpoint, then every other one from the newest down, and
 skips any that cannot be read completely (a checkpoint interrupted mid-write, a truncated file);
@@ -17,7 +18,6 @@ skips any that cannot be read completely (a checkpoint interrupted mid-write, a 
 """
 from __future__ import annotations
 
-import json
 import logging
 import os
 import re
@@ -26,8 +26,10 @@ from typing import Dict, List
 import numpy as np
 import tensorflow as tf
 
-from tfmrcnn.checkpoint.weights_io import (WeightsError, atomic_write, load_weights,
-                                           read_weights, save_weights)
+from tfmrcnn.checkpoint.model_dir import WEIGHTS_FILENAME
+from tfmrcnn.checkpoint.weights_io import (WeightsError, load_weights, read_npz, read_weights,
+                                           save_weights, write_npz)
+from tfmrcnn.utils.file_io import atomic_write
 
 __all__ = ["Checkpointer", "POINTER_FILE", "checkpoint_name"]
 
@@ -40,7 +42,7 @@ _NAME_RE = re.compile(r"^model_(\d{7}|final)\.npz$")
 
 def checkpoint_name(iteration_done: int, final: bool = False) -> str:
     """File name of the weights after ``iteration_done`` iterations (detectron2 numbering)."""
-    return "model_final.npz" if final else f"model_{iteration_done - 1:07d}.npz"
+    return WEIGHTS_FILENAME if final else f"model_{iteration_done - 1:07d}.npz"
 
 
 def _state_path(weights_path: str) -> str:
@@ -68,8 +70,7 @@ class Checkpointer:
         meta = {"iteration": int(iteration_done), "data_positions": [int(p) for p in data_positions],
                 "seed": int(seed), "world_size": len(data_positions)}
         arrays = {f"optimizer/{k}": v.numpy() for k, v in self.state_variables.items()}
-        arrays["__meta__"] = np.array(json.dumps(meta))
-        atomic_write(_state_path(path), lambda f: np.savez(f, **arrays))
+        write_npz(_state_path(path), arrays, meta)
         save_weights(path, self.model, meta={"iteration": int(iteration_done),
                                              "source": "tfmrcnn-train", "config": config_text})
         pointer = os.path.join(self.output_dir, POINTER_FILE)
@@ -84,7 +85,7 @@ class Checkpointer:
             return []
         # model_final first, then by iteration, newest first
         found = sorted((f for f in os.listdir(self.output_dir) if _NAME_RE.match(f)),
-                       key=lambda f: (0, 0) if f == "model_final.npz" else (1, -int(f[6:13])))
+                       key=lambda f: (0, 0) if f == WEIGHTS_FILENAME else (1, -int(f[6:13])))
         pointer = os.path.join(self.output_dir, POINTER_FILE)
         try:
             with open(pointer) as f:
@@ -100,12 +101,7 @@ class Checkpointer:
         """(optimizer arrays, meta) of a complete checkpoint; raises when anything is unreadable."""
         arrays, wmeta = read_weights(path)          # reads every array: catches truncation
         state_path = _state_path(path)
-        try:
-            with np.load(state_path, allow_pickle=False) as data:
-                state = {k: data[k] for k in data.files}
-        except (OSError, ValueError, EOFError) as e:
-            raise WeightsError(f"cannot read {state_path}: {e}") from None
-        meta = json.loads(str(state.pop("__meta__")))
+        state, meta = read_npz(state_path)
         if wmeta.get("iteration") != meta["iteration"]:
             raise WeightsError(f"{path} and {state_path} are from different iterations")
         return {k[len("optimizer/"):]: v for k, v in state.items()}, meta

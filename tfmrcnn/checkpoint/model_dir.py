@@ -20,14 +20,14 @@ NUM_CLASSES == 80, else ``k + 1`` (ids 1..K, the usual COCO-style numbering).
 from __future__ import annotations
 
 import os
-from typing import List, Optional, Sequence, Tuple
-
-from tfmrcnn.converter.convert import CONFIG_FILENAME, WEIGHTS_FILENAME
+from typing import List, Mapping, Optional, Sequence, Tuple
 
 __all__ = ["CONFIG_FILENAME", "WEIGHTS_FILENAME", "CLASS_NAMES_FILENAME", "ModelDirError",
-           "model_dir_paths", "load_model", "read_class_names", "resolve_class_names",
-           "label_to_category_id"]
+           "model_dir_paths", "write_config", "write_model_dir", "load_model",
+           "read_class_names", "resolve_class_names", "label_to_category_id"]
 
+WEIGHTS_FILENAME = "model_final.npz"
+CONFIG_FILENAME = "config.yaml"
 CLASS_NAMES_FILENAME = "class_names.txt"
 
 
@@ -48,6 +48,26 @@ def model_dir_paths(model_dir: str) -> Tuple[str, str]:
             f"{WEIGHTS_FILENAME}, as written by training (OUTPUT_DIR) or by "
             f"`tfmrcnn-convert MODEL.pkl --output DIR`.")
     return config, weights
+
+
+def write_config(model_dir: str, config_text: str) -> str:
+    """Write DIR/config.yaml (atomically); returns its path."""
+    from tfmrcnn.utils.file_io import atomic_write
+
+    path = os.path.join(model_dir, CONFIG_FILENAME)
+    return atomic_write(path, lambda f: f.write(config_text.encode("utf-8")))
+
+
+def write_model_dir(model_dir: str, named_arrays: Mapping, config_text: str,
+                    meta: Optional[dict] = None) -> Tuple[str, str]:
+    """Write a complete model directory: the weights file, then config.yaml.
+
+    Returns (config path, weights path), like `model_dir_paths`.
+    """
+    from tfmrcnn.checkpoint.weights_io import save_weights
+
+    weights = save_weights(os.path.join(model_dir, WEIGHTS_FILENAME), named_arrays, meta)
+    return write_config(model_dir, config_text), weights
 
 
 def load_model(model_dir: str, overrides: Sequence[str] = ()):

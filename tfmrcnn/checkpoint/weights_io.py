@@ -4,20 +4,24 @@ Convention: each entry is ``<detectron2 state-dict key> -> ndarray`` in the layo
 model's `tf.Variable` (see `tfmrcnn.converter.layouts`); the optional entry ``__meta__`` is a
 0-d unicode array holding a JSON object (``format_version``, ``source``, ...). Files are read
 with ``allow_pickle=False``, so a weights file can never run code.
+
+`write_npz` / `read_npz` are the one writer (atomic, `tfmrcnn.utils.file_io.atomic_write`) and
+the one reader of every `.npz` tfmrcnn writes: weights files, checkpoints and their training
+state (`tfmrcnn.checkpoint.checkpointer`), converted weights (`tfmrcnn.converter.convert`).
 """
 from __future__ import annotations
 
 import json
-import os
-import tempfile
 from dataclasses import dataclass, field
-from typing import BinaryIO, Callable, Dict, List, Mapping, Optional, Tuple
+from typing import Dict, List, Mapping, Optional, Tuple
 
 import numpy as np
 
+from tfmrcnn.utils.file_io import atomic_write
+
 __all__ = [
     "FORMAT_VERSION", "META_KEY", "WeightsError", "LoadReport",
-    "atomic_write", "save_weights", "read_weights", "read_meta", "load_weights",
+    "write_npz", "read_npz", "save_weights", "read_weights", "read_meta", "load_weights",
 ]
 
 FORMAT_VERSION = 1
@@ -34,67 +38,42 @@ def _as_named_arrays(named_arrays_or_model) -> Dict[str, np.ndarray]:
     else:  # a tf.Module with detectron2-named variables
         from tfmrcnn.modeling.layers import named_variables
         items = named_variables(named_arrays_or_model).items()
-    out = {}
-    for key, value in items:
-        if key == META_KEY:
-            raise WeightsError(f"'{META_KEY}' is reserved for the metadata entry")
-        out[key] = np.asarray(value.numpy() if hasattr(value, "numpy") else value)
-    return out
+    return {key: np.asarray(value.numpy() if hasattr(value, "numpy") else value)
+            for key, value in items}
 
 
-def atomic_write(path: str, write: Callable[[BinaryIO], None]) -> str:
-    """Call `write(file)` on a temporary file next to `path`, fsync it, then rename it to `path`.
+def write_npz(path: str, arrays: Mapping[str, np.ndarray], meta: dict) -> str:
+    """Write `arrays` plus `meta` (as the ``__meta__`` JSON entry) to `path` with `atomic_write`."""
+    if META_KEY in arrays:
+        raise WeightsError(f"'{META_KEY}' is reserved for the metadata entry")
+    entries = {**arrays, META_KEY: np.array(json.dumps(meta, sort_keys=True))}
+    return atomic_write(path, lambda f: np.savez(f, **entries))
 
-    A reader never sees a partial file and a crash leaves the previous file intact.
+
+def read_npz(path: str) -> Tuple[Dict[str, np.ndarray], dict]:
+    """(arrays without the metadata entry, metadata dict) of an `.npz` written by `write_npz`.
+
+    Every array is read here, so a truncated file fails now, naming `path`, not later.
     """
-    directory = os.path.dirname(os.path.abspath(path))
-    os.makedirs(directory, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=directory, prefix=".tmp-", suffix=os.path.basename(path))
     try:
-        with os.fdopen(fd, "wb") as f:
-            write(f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
-    _fsync_dir(directory)
-    return path
-
-
-def _fsync_dir(directory: str) -> None:
-    # Makes the rename itself durable; not possible on every OS/filesystem, hence best effort.
-    try:
-        fd = os.open(directory, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
+        with np.load(path, allow_pickle=False) as data:
+            arrays = {key: data[key] for key in data.files}
+    except (OSError, ValueError, EOFError) as e:
+        raise WeightsError(f"Cannot read {path}: {e}") from None
+    meta_arr = arrays.pop(META_KEY, None)
+    meta = json.loads(str(meta_arr)) if meta_arr is not None else {}
+    return arrays, meta
 
 
 def save_weights(path: str, named_arrays_or_model, meta: Optional[dict] = None) -> str:
     """Write `{key: array}` (or a model's named variables) to `path` atomically (`atomic_write`)."""
     arrays = _as_named_arrays(named_arrays_or_model)
-    full_meta = {"format_version": FORMAT_VERSION, **(meta or {})}
-    arrays[META_KEY] = np.array(json.dumps(full_meta, sort_keys=True))
-    return atomic_write(path, lambda f: np.savez(f, **arrays))
+    return write_npz(path, arrays, {"format_version": FORMAT_VERSION, **(meta or {})})
 
 
 def read_weights(path: str) -> Tuple[Dict[str, np.ndarray], dict]:
     """(arrays without the metadata entry, metadata dict) of a weights file."""
-    try:
-        with np.load(path, allow_pickle=False) as data:
-            arrays = {key: data[key] for key in data.files}
-    except (OSError, ValueError) as e:
-        raise WeightsError(f"Cannot read weights file {path}: {e}") from None
-    meta_arr = arrays.pop(META_KEY, None)
-    meta = json.loads(str(meta_arr)) if meta_arr is not None else {}
+    arrays, meta = read_npz(path)
     version = meta.get("format_version", FORMAT_VERSION)
     if version > FORMAT_VERSION:
         raise WeightsError(f"{path} has format version {version}; this tfmrcnn reads up to "

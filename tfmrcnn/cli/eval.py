@@ -89,7 +89,7 @@ def main(argv: Optional[List[str]] = None) -> int:
     rank, _ = _setup_horovod(cfg.TRAINER.PIN_CPU_CORES)
     from tfmrcnn.checkpoint.weights_io import load_weights
     from tfmrcnn.evaluation.coco_evaluation import METRIC_NAMES, COCOEvaluator
-    from tfmrcnn.evaluation.distributed import to_jsonable
+    from tfmrcnn.utils.file_io import to_jsonable
     from tfmrcnn.evaluation.inference import inference_on_dataset
     from tfmrcnn.modeling.meta_arch import GeneralizedRCNN
 

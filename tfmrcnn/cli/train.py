@@ -188,10 +188,10 @@ def main(argv: Optional[List[str]] = None) -> int:
     setup_logger(cfg.OUTPUT_DIR, rank)
     logger.info("rank %d/%d (local rank %d) on %s", rank, size, hvd.local_rank(), device)
     if rank == 0:
-        from tfmrcnn.checkpoint.weights_io import atomic_write
+        from tfmrcnn.checkpoint.model_dir import write_config
 
         logger.info("Config:\n%s", cfg.dump())
-        atomic_write(os.path.join(cfg.OUTPUT_DIR, "config.yaml"), lambda f: f.write(cfg.dump().encode()))
+        write_config(cfg.OUTPUT_DIR, cfg.dump())
 
     import tensorflow as tf
 

@@ -30,17 +30,14 @@ from .d2_names import BOTTOM_UP, TensorSpec, expected_d2_tensors
 from .infer_config import infer_cfg_from_shapes
 from .layouts import to_d2, to_tf
 from .safe_pickle import UnsafePickleError, safe_load
-from tfmrcnn.checkpoint.weights_io import atomic_write, save_weights
+from tfmrcnn.checkpoint.model_dir import WEIGHTS_FILENAME, write_model_dir
+from tfmrcnn.utils.file_io import atomic_write
 
 __all__ = [
     "ConversionError", "Checkpoint", "ConversionResult", "FROZEN_BN_EPS",
     "read_checkpoint", "check_names_and_shapes", "d2_to_tf", "tf_to_d2", "export_d2_pkl",
     "convert_checkpoint",
-    "WEIGHTS_FILENAME", "CONFIG_FILENAME",
 ]
-
-WEIGHTS_FILENAME = "model_final.npz"
-CONFIG_FILENAME = "config.yaml"
 
 _KNOWN_EXTRAS = re.compile(
     r"^(proposal_generator\.anchor_generator\.cell_anchors\..*|pixel_mean|pixel_std"
@@ -297,15 +294,10 @@ def convert_checkpoint(model_path: str, output_dir: str, d2_config: Optional[str
     if ckpt.matching_heuristics:
         state = _apply_matching_heuristics(state, specs)
     arrays = d2_to_tf(state, cfg, ckpt.backbone_only, source=model_path)
-    os.makedirs(output_dir, exist_ok=True)
-    weights_path = os.path.join(output_dir, WEIGHTS_FILENAME)
-    config_path = os.path.join(output_dir, CONFIG_FILENAME)
-    cfg.MODEL.WEIGHTS = os.path.abspath(weights_path)
-    save_weights(weights_path, arrays, meta={
+    cfg.MODEL.WEIGHTS = os.path.abspath(os.path.join(output_dir, WEIGHTS_FILENAME))
+    config_path, weights_path = write_model_dir(output_dir, arrays, cfg.dump(), meta={
         "source": os.path.basename(model_path), "source_format": ckpt.fmt,
         "backbone_only": ckpt.backbone_only, "num_tensors": len(arrays)})
-    text = cfg.dump()
-    atomic_write(config_path, lambda f: f.write(text.encode("utf-8")))
     notes.append(f"wrote {len(arrays)} tensors "
                  f"({sum(a.size for a in arrays.values()):,} values) to {weights_path}")
     notes.append(f"wrote {config_path}")

@@ -29,8 +29,9 @@ from pycocotools.coco import COCO
 from pycocotools.cocoeval import COCOeval
 
 from tfmrcnn.data.coco import category_maps
-from tfmrcnn.evaluation.distributed import barrier, read_json, world, write_json_atomic
+from tfmrcnn.distributed import barrier, world
 from tfmrcnn.evaluation.rle import encode_masks
+from tfmrcnn.utils.file_io import read_json, write_json
 
 __all__ = [
     "encode_masks", "instances_to_coco_json", "load_coco_gt", "contiguous_to_dataset_id",
@@ -181,7 +182,7 @@ def evaluate_coco_results(coco_gt, results, iou_types=("bbox", "segm"), img_ids=
     if results and not any("segmentation" in r for r in results):
         iou_types = [t for t in iou_types if t != "segm"]
     if output_dir:
-        write_json_atomic(os.path.join(output_dir, RESULTS_FILE), results, sanitize=False)
+        write_json(os.path.join(output_dir, RESULTS_FILE), results, sanitize=False)
     all_metrics = {}
     for iou_type in iou_types:
         coco_eval = evaluate_predictions_on_coco(coco_gt, results, iou_type, img_ids, verbose)
@@ -192,7 +193,7 @@ def evaluate_coco_results(coco_gt, results, iou_types=("bbox", "segm"), img_ids=
                 print(f"Per-category {iou_type} AP:\n"
                       f"{_format_per_category(all_metrics[iou_type])}")
     if output_dir:
-        write_json_atomic(os.path.join(output_dir, METRICS_FILE), all_metrics, indent=2)
+        write_json(os.path.join(output_dir, METRICS_FILE), all_metrics, indent=2)
     return all_metrics
 
 
@@ -278,7 +279,7 @@ class COCOEvaluator:
         if not self._output_dir:
             raise ValueError("distributed evaluation needs an output_dir shared by all ranks")
         shard_dir = os.path.join(self._output_dir, SHARD_DIR)
-        write_json_atomic(os.path.join(shard_dir, f"rank{rank}.json"), self._predictions,
+        write_json(os.path.join(shard_dir, f"rank{rank}.json"), self._predictions,
                           sanitize=False)
         barrier("tfmrcnn_eval_shards_written")
         merged = None

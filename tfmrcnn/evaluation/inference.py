@@ -19,8 +19,8 @@ import time
 import cv2
 import numpy as np
 
-from tfmrcnn.evaluation.distributed import world
 from tfmrcnn.data.resize import prepare_eval_images
+from tfmrcnn.distributed import world
 from tfmrcnn.inference.postprocess import detector_postprocess, unbatch_outputs
 
 __all__ = ["inference_on_dataset", "get_dataset_dicts", "read_image_bgr", "inference_callable"]

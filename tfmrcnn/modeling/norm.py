@@ -14,6 +14,7 @@ from typing import Optional
 
 import tensorflow as tf
 
+from tfmrcnn import distributed
 from tfmrcnn.modeling.layers import NamedModule, variable_key
 
 EPS = 1e-5
@@ -108,20 +109,6 @@ class BatchNorm(Norm):
         return tf.cast(y, dtype)
 
 
-def _horovod_if_distributed():
-    """horovod.tensorflow when it is initialised with more than one rank, else None."""
-    try:
-        import horovod.tensorflow as hvd
-    except ImportError:
-        return None
-    try:
-        if not hvd.is_initialized() or hvd.size() == 1:
-            return None
-    except (ValueError, AttributeError):
-        return None
-    return hvd
-
-
 class SyncBatchNorm(BatchNorm):
     """detectron2's NaiveSyncBatchNorm on Horovod: statistics averaged over all ranks.
 
@@ -134,7 +121,7 @@ class SyncBatchNorm(BatchNorm):
     """
 
     def _batch_moments(self, x):
-        hvd = _horovod_if_distributed()
+        hvd = distributed.horovod_if_distributed()
         if hvd is None:
             return super()._batch_moments(x)
         mean = tf.reduce_mean(x, axis=[0, 1, 2])  # (C,)

@@ -1,4 +1,5 @@
-"""Launcher world-size detection, the mismatch error, and the hang watchdog."""
+"""tfmrcnn.distributed: launcher world-size detection, the mismatch error, the Horovod handle,
+the hang watchdog, core pinning."""
 import os
 import pathlib
 import subprocess
@@ -9,7 +10,7 @@ import pytest
 
 from tfmrcnn.distributed import Watchdog, check_world_size, launcher_world_size
 
-ROOT = pathlib.Path(__file__).resolve().parents[2]
+ROOT = pathlib.Path(__file__).resolve().parents[1]
 
 
 def test_launcher_world_size_from_environment():
@@ -24,6 +25,21 @@ def test_gloo_only_horovod_under_mpirun_is_stopped_with_a_clear_message():
     check_world_size(1, {})                                 # no launcher
     with pytest.raises(SystemExit, match="Horovod reports 1 process.*launcher started 2.*MPI"):
         check_world_size(1, {"OMPI_COMM_WORLD_SIZE": "2"})
+
+
+def test_without_initialised_horovod_a_process_is_rank_0_of_1():
+    code = ("from tfmrcnn.distributed import *\n"
+            "assert horovod() is None and horovod_if_distributed() is None\n"
+            "assert world() == (0, 1)\n"
+            "barrier('nobody_else')\n"          # returns at once: a single process
+            "import horovod.tensorflow as hvd\n"  # imported but not initialised: still absent
+            "assert horovod() is None and world() == (0, 1)\n"
+            "hvd.init()\n"
+            "assert horovod() is hvd and horovod_if_distributed() is None and world() == (0, 1)\n"
+            "print('SINGLE')\n")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120,
+                         env=dict(os.environ, PYTHONPATH=str(ROOT)))
+    assert out.returncode == 0 and "SINGLE" in out.stdout, out.stderr
 
 
 def test_watchdog_ends_a_hung_process():
@@ -67,10 +83,10 @@ def test_uses_sync_bn(key, value, expected):
 
 def test_cpu_cycle_time_depends_on_sync_bn(monkeypatch):
     """On a CPU host the Horovod cycle is 20 ms, 5 ms with SyncBN; the user's value wins."""
-    from tfmrcnn import distributed as hvd_utils
+    from tfmrcnn import distributed
 
     seen = []
-    monkeypatch.setattr(hvd_utils, "check_world_size", lambda size: None)
+    monkeypatch.setattr(distributed, "check_world_size", lambda size: None)
     import horovod.tensorflow as hvd
     monkeypatch.setattr(hvd, "init", lambda: seen.append(os.environ["HOROVOD_CYCLE_TIME"]))
     monkeypatch.setattr(hvd, "size", lambda: 1)
@@ -78,7 +94,7 @@ def test_cpu_cycle_time_depends_on_sync_bn(monkeypatch):
         monkeypatch.delenv("HOROVOD_CYCLE_TIME", raising=False)
         if user:
             monkeypatch.setenv("HOROVOD_CYCLE_TIME", user)
-        hvd_utils.init_horovod(sync_bn=sync_bn)
+        distributed.init_horovod(sync_bn=sync_bn)
     assert seen == ["20", "5", "3"]
 
 
