@@ -30,6 +30,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Optional[List[str]] = None) -> int:
     args = build_parser().parse_args(argv)
+    from tfmrcnn.utils.launch import reexec_with_allocator
+
+    reexec_with_allocator(argv)  # tcmalloc from the process start (utils/launch.py)
     # imported after parsing so that --help stays instant
     from tfmrcnn.converter.convert import ConversionError, convert_checkpoint
     from tfmrcnn.converter.safe_pickle import UnsafePickleError

@@ -70,6 +70,9 @@ def _dataset_and_output(args, cfg):
 
 def main(argv: Optional[List[str]] = None) -> int:
     args = build_parser().parse_args(argv)
+    from tfmrcnn.utils.launch import reexec_with_allocator
+
+    reexec_with_allocator(argv)  # tcmalloc from the process start (utils/launch.py)
     # imported after parsing so that --help stays instant
     from tfmrcnn.config import ConfigError, load_config
 

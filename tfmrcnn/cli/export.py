@@ -42,6 +42,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Optional[List[str]] = None) -> int:
     args = build_parser().parse_args(argv)
+    from tfmrcnn.utils.launch import reexec_with_allocator
+
+    reexec_with_allocator(argv)  # tcmalloc from the process start (utils/launch.py)
     # imported after parsing so that --help stays instant
     from tfmrcnn.config import ConfigError
     from tfmrcnn.checkpoint.model_dir import ModelDirError, load_model, resolve_class_names

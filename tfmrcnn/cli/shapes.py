@@ -30,6 +30,9 @@ def build_parser():
 
 def main(argv=None):
     args = build_parser().parse_args(argv)
+    from tfmrcnn.utils.launch import reexec_with_allocator
+
+    reexec_with_allocator(argv)  # tcmalloc from the process start (utils/launch.py)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     if min(args.num_train, args.num_val) < 0:
         raise SystemExit("--num-train and --num-val must be >= 0")

@@ -165,6 +165,9 @@ def print_ap_table(metrics) -> None:
 # ---------------------------------------------------------------------------- main
 def main(argv: Optional[List[str]] = None) -> int:
     args = build_parser().parse_intermixed_args(argv)
+    from tfmrcnn.utils.launch import reexec_with_allocator
+
+    reexec_with_allocator(argv)  # tcmalloc from the process start (utils/launch.py)
     opts = list(args.opts)
     from tfmrcnn.config import ConfigError, load_config
 
