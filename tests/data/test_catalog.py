@@ -135,3 +135,28 @@ def test_register_coco_instances(tmp_path):
     finally:
         DatasetCatalog.remove("test_catalog_custom")
         MetadataCatalog.remove("test_catalog_custom")
+
+
+def test_custom_json_under_a_coco_name_sets_its_own_classes(datasets_dir):
+    coco = datasets_dir / "coco"
+    (coco / "annotations").mkdir(parents=True)
+    (coco / "train2017").mkdir()
+    cats = [{"id": 1, "name": "cat"}, {"id": 5, "name": "dog"}, {"id": 90, "name": "fox"}]
+    data = {"images": [{"id": 1, "file_name": "a.jpg", "height": 20, "width": 30}],
+            "annotations": [{"id": 7, "image_id": 1, "category_id": 90, "iscrowd": 0,
+                             "bbox": [1.0, 2.0, 10.0, 10.0], "area": 100.0,
+                             "segmentation": [[1.0, 2.0, 11.0, 2.0, 11.0, 12.0]]}],
+            "categories": cats}
+    (coco / "annotations" / "instances_train2017.json").write_text(json.dumps(data))
+    try:
+        dicts = DatasetCatalog.get("coco_2017_train")
+        meta = MetadataCatalog.get("coco_2017_train")
+        assert dicts[0]["annotations"][0]["category_id"] == 2
+        assert meta.thing_classes == ["cat", "dog", "fox"]
+        assert meta.thing_contiguous_id_to_dataset_id == {0: 1, 1: 5, 2: 90}
+        assert meta.json_file == str(coco / "annotations" / "instances_train2017.json")
+    finally:  # back to the built-in table for the other tests
+        classes, to_contiguous, to_dataset = catalog.category_maps(COCO_CATEGORIES)
+        MetadataCatalog.get("coco_2017_train").set(
+            thing_classes=classes, thing_dataset_id_to_contiguous_id=to_contiguous,
+            thing_contiguous_id_to_dataset_id=to_dataset)

@@ -230,25 +230,54 @@ def test_box_only_results_skip_segm(toy_json):
     assert set(metrics) == {"bbox"} and metrics["bbox"]["AP"] == pytest.approx(100.0)
 
 
-def test_evaluator_from_registered_dataset_name(toy_json):
+def _perfect_by_name(name, data, per_category):
+    """Metrics and results of the evaluator reached by dataset name, fed the ground truth."""
+    evaluator = COCOEvaluator(name, None, distributed=False, verbose=False,
+                              per_category=per_category)
+    evaluator.reset()
+    inputs = toy.dataset_inputs(data)
+    evaluator.process(inputs, [toy.perfect_outputs(data, i["image_id"]) for i in inputs])
+    results = [r for p in evaluator._predictions for r in p["instances"]]
+    return evaluator.evaluate(), results
+
+
+def test_evaluator_uses_the_json_categories_not_the_metadata_table(toy_json):
     from tfmrcnn.data.catalog import MetadataCatalog
 
     json_path, root, data = toy_json
     name = f"toy_eval_{os.getpid()}_{id(data)}"
-    # a deliberately non-sorted mapping: labels must follow the metadata, not the id order
-    mapping = {12: 0, 3: 1, 7: 2, 20: 3}
+    # metadata with another table (as the 80-class COCO one of coco_2017_*): must not be used
     MetadataCatalog.get(name).set(json_file=json_path, image_root=root,
-                                  thing_dataset_id_to_contiguous_id=mapping)
-    evaluator = COCOEvaluator(name, None, distributed=False, verbose=False, per_category=False)
-    evaluator.reset()
-    inputs = toy.dataset_inputs(data)
-    outs = []
-    for inp in inputs:
-        out = toy.perfect_outputs(data, inp["image_id"])
-        ids = [LABEL_TO_ID[c] for c in out["classes"]]
-        outs.append(dict(out, classes=np.array([mapping[i] for i in ids], np.int32)))
-    evaluator.process(inputs, outs)
-    metrics = evaluator.evaluate()
+                                  thing_dataset_id_to_contiguous_id={12: 0, 3: 1, 7: 2, 20: 3})
+    try:
+        metrics, results = _perfect_by_name(name, data, per_category=True)
+    finally:
+        MetadataCatalog.remove(name)
     assert metrics["bbox"]["AP"] == pytest.approx(100.0)
     assert metrics["segm"]["AP"] == pytest.approx(100.0)
-    assert not any(k.startswith("AP-") for k in metrics["bbox"])
+    assert {r["category_id"] for r in results} == {3, 7, 12}
+
+
+def test_custom_set_behind_the_coco_2017_name_keeps_its_categories(tmp_path, monkeypatch):
+    """Issue 20: a custom json (category ids 1, 5, 90) at coco/annotations/instances_val2017.json
+    was scored with COCO's 80-class table: KeyError 4, or results with ids 1/2/3 and low AP."""
+    data = toy.build_coco_dict()
+    ids = {3: 1, 7: 5, 12: 90, 20: 91}
+    custom = json.loads(json.dumps(data))
+    custom["categories"] = [dict(c, id=ids[c["id"]]) for c in data["categories"]]
+    for ann in custom["annotations"]:
+        ann["category_id"] = ids[ann["category_id"]]
+    coco = tmp_path / "coco"
+    (coco / "annotations").mkdir(parents=True)
+    (coco / "val2017").mkdir()
+    (coco / "annotations" / "instances_val2017.json").write_text(json.dumps(custom))
+    monkeypatch.setenv("TFMRCNN_DATASETS", str(tmp_path))
+    # the toy's perfect outputs label its categories 3, 7, 12, 20 as 0..3: the same contiguous
+    # labels as 1, 5, 90, 91 sorted
+    for per_category in (True, False):
+        metrics, results = _perfect_by_name("coco_2017_val", data, per_category)
+        assert metrics["bbox"]["AP"] == pytest.approx(100.0)
+        assert metrics["segm"]["AP"] == pytest.approx(100.0)
+        assert {r["category_id"] for r in results} == {1, 5, 90}
+        per_class = {k for k in metrics["bbox"] if k.startswith("AP-")}
+        assert per_class == ({f"AP-{c['name']}" for c in toy.CATEGORIES} if per_category else set())

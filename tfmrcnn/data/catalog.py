@@ -5,7 +5,9 @@ Built-in names (paths resolved when used, so environment variables may be set la
 
 - ``coco_2017_train`` / ``coco_2017_val``: ``$TFMRCNN_DATASETS`` (default ``./datasets``) with
   detectron2's layout ``coco/{train2017,val2017}/`` and
-  ``coco/annotations/instances_{train,val}2017.json``.
+  ``coco/annotations/instances_{train,val}2017.json``. Their class metadata is COCO's 80-class
+  table until the json is loaded, then the json's own categories (a custom set there keeps
+  its ids; evaluation always reads the json's categories).
 - ``shapes_train`` / ``shapes_val``: the synthetic set of ``tfmrcnn.data.shapes``, generated on
   first use under ``$TFMRCNN_SHAPES_DIR`` (default ``$TFMRCNN_DATASETS/shapes``) with
   ``SHAPES_DEFAULTS``. That folder must be new, empty or the generator's own; any other folder
@@ -178,15 +180,26 @@ def _shapes_paths(split):
 def _register_builtin(name, paths_fn, categories):
     """A dataset whose paths are resolved (and checked or generated) when it is used.
 
-    Its metadata is fixed here (the loader does not overwrite it), so json_file and image_root
-    stay lazy and follow the environment variables.
+    json_file and image_root stay lazy and follow the environment variables. The thing_*
+    metadata is the set's usual table (``categories``) until its json is loaded, then that
+    json's own categories: a custom set placed under a built-in name keeps its classes.
     """
-    DatasetCatalog.register(name, lambda: load_coco_json(*paths_fn()))
+    def load():
+        dicts = load_coco_json(*paths_fn(), dataset_name=name)  # sets thing_* from the json
+        _lazy_paths(name, paths_fn)
+        return dicts
+
+    DatasetCatalog.register(name, load)
     classes, to_contiguous, to_dataset = category_maps(categories)
     MetadataCatalog.get(name).set(
         thing_classes=classes, thing_dataset_id_to_contiguous_id=to_contiguous,
-        thing_contiguous_id_to_dataset_id=to_dataset, evaluator_type="coco",
-    ).set_lazy(json_file=lambda: paths_fn()[0], image_root=lambda: paths_fn()[1])
+        thing_contiguous_id_to_dataset_id=to_dataset, evaluator_type="coco")
+    _lazy_paths(name, paths_fn)
+
+
+def _lazy_paths(name, paths_fn):
+    MetadataCatalog.get(name).set_lazy(json_file=lambda: paths_fn()[0],
+                                       image_root=lambda: paths_fn()[1])
 
 
 # The 80 COCO thing categories with their json ids (ids 12, 26, 29, 30, 45, 66, 68, 69, 71, 83

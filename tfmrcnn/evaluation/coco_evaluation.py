@@ -3,9 +3,12 @@
 Conventions (detectron2 ``evaluation/coco_evaluation.py``)
 ---------------------------------------------------------
 - A result is ``{"image_id", "category_id", "bbox": [x, y, w, h], "score", "segmentation"}``
-  in original-image pixels; ``category_id`` is the dataset's id, mapped back from the
-  contiguous label through ``thing_dataset_id_to_contiguous_id``; masks are compressed RLE of
-  the column-major uint8 mask with ``counts`` decoded to str so the list is json-serialisable.
+  in original-image pixels; ``category_id`` is the id in the ground-truth json of the
+  contiguous label, which numbers that json's categories sorted by id (as the dataset loader
+  does). The json's own categories are used whatever name the data set was reached by, never
+  a fixed table from metadata (a custom set behind ``coco_2017_val`` keeps its own ids); masks
+  are compressed RLE of the column-major uint8 mask with ``counts`` decoded to str so the
+  list is json-serialisable.
 - segm is scored without the ``bbox`` field, so pycocotools takes the instance area (which
   decides small/medium/large) from the mask, not from the box.
 - Only the images that were evaluated are scored (``params.imgIds``).
@@ -85,15 +88,9 @@ def load_coco_gt(json_file):
         return COCO(json_file)
 
 
-def contiguous_to_dataset_id(coco_gt, dataset_id_to_contiguous_id=None):
-    """List: contiguous label -> dataset category id.
-
-    Without a mapping, labels are the categories sorted by id (as the dataset loader does).
-    """
-    if dataset_id_to_contiguous_id is None:
-        _, _, to_dataset = category_maps(coco_gt.loadCats(coco_gt.getCatIds()))
-    else:
-        to_dataset = {int(c): int(d) for d, c in dataset_id_to_contiguous_id.items()}
+def contiguous_to_dataset_id(coco_gt):
+    """List: contiguous label -> category id of the json (its categories sorted by id)."""
+    _, _, to_dataset = category_maps(coco_gt.loadCats(coco_gt.getCatIds()))
     return [to_dataset[c] for c in range(len(to_dataset))]
 
 
@@ -228,14 +225,10 @@ class COCOEvaluator:
         if isinstance(dataset, str):
             from tfmrcnn.data.catalog import MetadataCatalog  # written concurrently; lazy
 
-            meta = MetadataCatalog.get(dataset)
-            json_file = meta.json_file
-            mapping = meta.get("thing_dataset_id_to_contiguous_id")
+            json_file = MetadataCatalog.get(dataset).json_file
         else:
             json_file, _image_root = dataset
-            mapping = None
         self._json_file = json_file
-        self._mapping = mapping
         self._coco_gt = None
         self._label_to_category_id = None
         self._output_dir = output_dir
@@ -255,7 +248,7 @@ class COCOEvaluator:
     @property
     def label_to_category_id(self):
         if self._label_to_category_id is None:
-            self._label_to_category_id = contiguous_to_dataset_id(self.coco_gt, self._mapping)
+            self._label_to_category_id = contiguous_to_dataset_id(self.coco_gt)
         return self._label_to_category_id
 
     def reset(self):
