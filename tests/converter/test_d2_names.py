@@ -76,3 +76,33 @@ def test_norm_suffixes():
     assert norm_suffixes("") == ()
     with pytest.raises(ValueError, match="LN"):
         norm_suffixes("LN")
+
+
+@pytest.mark.parametrize("stem, res2, shortcut", [(64, 64, False), (32, 32, False),
+                                                  (32, 64, True), (16, 32, True)])
+def test_basic_block_widths_follow_the_config(stem, res2, shortcut):
+    # detectron2's BasicBlock: a 1x1 projection shortcut iff in_channels != out_channels
+    cfg = get_cfg()
+    cfg.merge_from_list(["MODEL.RESNETS.DEPTH=18", f"MODEL.RESNETS.STEM_OUT_CHANNELS={stem}",
+                         f"MODEL.RESNETS.RES2_OUT_CHANNELS={res2}"])
+    s = expected_d2_state_dict_shapes(cfg)
+    p = "backbone.bottom_up"
+    assert s[f"{p}.stem.conv1.weight"] == (stem, 3, 7, 7)
+    assert s[f"{p}.res2.0.conv1.weight"] == (res2, stem, 3, 3)
+    assert (f"{p}.res2.0.shortcut.weight" in s) == shortcut
+    if shortcut:
+        assert s[f"{p}.res2.0.shortcut.weight"] == (res2, stem, 1, 1)
+    for stage, width in zip((3, 4, 5), (2 * res2, 4 * res2, 8 * res2)):
+        assert s[f"{p}.res{stage}.0.shortcut.weight"] == (width, width // 2, 1, 1)
+        assert s[f"{p}.res{stage}.1.conv2.weight"] == (width, width, 3, 3)
+        assert f"{p}.res{stage}.1.shortcut.weight" not in s
+    assert s["backbone.fpn_lateral5.weight"] == (256, 8 * res2, 1, 1)
+
+
+def test_r18_count_matches_torchvision_resnet18():
+    # torchvision's resnet18 has 11,689,512 parameters; without its fc (512 x 1000 + 1000) that is
+    # 11,176,512, and the BN running mean/var buffers add 2 x 4,800 (BN channels of R18)
+    cfg = get_cfg()
+    cfg.merge_from_list(["MODEL.RESNETS.DEPTH=18", "MODEL.RESNETS.RES2_OUT_CHANNELS=64"])
+    s = expected_d2_state_dict_shapes(cfg, backbone_only=True)
+    assert sum(int(np.prod(v)) for v in s.values()) == 11_689_512 - 513_000 + 2 * 4_800

@@ -78,3 +78,11 @@ def test_converted_file_loads_into_the_model(tmp_path):
     arrays, _ = read_weights(result.weights_path)
     for key, var in named_variables(model).items():
         np.testing.assert_array_equal(var.numpy(), arrays[key])
+
+
+def test_narrow_r18_of_the_cpu_demo_names_and_shapes(repo_root):
+    # configs/shapes_demo_cpu.yaml: R18, stem and res2 32 wide (no res2.0 shortcut), GN
+    _assert_matches_detectron2(load_config(str(repo_root / "configs" / "shapes_demo_cpu.yaml")))
+    _assert_matches_detectron2(tiny_cfg(**{"MODEL.RESNETS.DEPTH": 18,
+                                           "MODEL.RESNETS.STEM_OUT_CHANNELS": 8,
+                                           "MODEL.RESNETS.RES2_OUT_CHANNELS": 16}))

@@ -90,15 +90,18 @@ def _resnet(b: _Builder, cfg) -> List[int]:
     stem = r.STEM_OUT_CHANNELS
     b.conv(f"{BOTTOM_UP}.stem.conv1", 3, stem, 7, bias=False, norm=norm)
     basic = depth in (18, 34)
-    out_ch = 64 if basic else r.RES2_OUT_CHANNELS
+    # RES2_OUT_CHANNELS for basic blocks too: detectron2's config builder insists on 64 for
+    # R18/R34, but its BasicBlock stages take any width, and so does tfmrcnn (narrow R18s).
+    out_ch = r.RES2_OUT_CHANNELS
     bottleneck = r.NUM_GROUPS * r.WIDTH_PER_GROUP
     in_ch = stem
     outs = []
     for stage, n in zip(FPN_STAGES, resnet_num_blocks(depth)):
         for i in range(n):
             p = f"{BOTTOM_UP}.res{stage}.{i}"
-            # detectron2 adds a projection shortcut whenever the width changes; stride 2 blocks
-            # always change it, so "first block of a stage with new width" is the rule.
+            # detectron2's blocks have a 1x1 projection shortcut iff in_channels != out_channels
+            # (ResNet stages double the width, so only a stage's first block can have one;
+            # res2.0 has one unless the stem is as wide as res2, e.g. R18 with 64 and 64).
             if in_ch != out_ch:
                 b.conv(f"{p}.shortcut", in_ch, out_ch, 1, bias=False, norm=norm)
             if basic:

@@ -60,8 +60,8 @@ def _backbone(shapes: Shapes, cfg, notes: List[str]) -> None:
         r.NUM_GROUPS = conv2[0] // conv2[1]
         r.WIDTH_PER_GROUP = conv2[0] // r.NUM_GROUPS
         r.RES2_OUT_CHANNELS = shapes[f"{BOTTOM_UP}.res2.0.conv3.weight"][0]
-    else:
-        r.RES2_OUT_CHANNELS = 64
+    else:  # basic blocks: conv1 is (out, in, 3, 3); narrow R18/R34 are not 64 wide
+        r.RES2_OUT_CHANNELS = shapes[f"{BOTTOM_UP}.res2.0.conv1.weight"][0]
     if r.NORM == "FrozenBN":
         notes.append("backbone norm: 4 tensors per norm read as FrozenBN (BN/SyncBN compute the "
                      "same at inference)")
