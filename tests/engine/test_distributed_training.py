@@ -96,10 +96,9 @@ def test_eight_processes_tiny_config(tmp_path):
 
 @pytest.mark.slow
 def test_scaling_benchmark_runs_its_four_phases_in_one_launch():
-    """scripts/bench/scaling.py --quick: one 2-process horovodrun launch, every phase timed
+    """benchmarks/scaling.py --quick: one 2-process horovodrun launch, every phase timed
     (rank 1 waits during "single"), efficiency = median over rounds of t_single / t_phase."""
-    proc = _run([ROOT / "scripts" / "bench" / "scaling.py", "--norms", "GN", "--quick"],
-                timeout=900)
+    proc = _run(["-m", "benchmarks.scaling", "--norms", "GN", "--quick"], timeout=900)
     assert proc.returncode == 0, proc.stderr[-2000:]
     rows = [ast.literal_eval(line) for line in proc.stdout.splitlines() if line.startswith("{")]
     assert not [r for r in rows if "FAILED" in str(r.get("note"))], rows

@@ -1,30 +1,24 @@
 """Benchmark section: ROIAlign forward and forward+backward, ours against two TF-only versions.
 
-Problem (the performance issue's): 512 ROIs with sides log-uniform in 16..400 px, pooled from a
-(1, 200, 336, 256) float32 map at stride 4, output 7x7 and 14x14.
+Problem (benchmarks/common.py, also timed for torchvision by section `reference`): 512 ROIs with
+sides log-uniform in 16..400 px, pooled from a (1, 200, 336, 256) float32 map at stride 4,
+output 7x7 and 14x14.
   ours        tfmrcnn.ops.roi_align, detectron2 ROIAlignV2 (adaptive sampling; sampling 2 too)
   tensorpack  crop_and_resize at twice the resolution + 2x2 average pool, with tensorpack's
               one-pixel border padding (its roi_align; about sampling 2, not exact ROIAlign)
   tf-gather   ROIAlignV2 with sampling 2 written with tf.gather (4 corner gathers per sample)
 """
-import os
-import sys
-
 import tensorflow as tf
 
+from benchmarks.common import (ROI_ALIGN_PROBLEM, ROI_ALIGN_QUICK, roi_align_problem,
+                               roi_align_upstream)
+# the exact ROIAlignV2's row: the one compared with torchvision's
+from benchmarks.compare import OURS_ROI_ALIGN
 from tfmrcnn.ops import roi_align
-
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from _common import ROI_ALIGN_PROBLEM, ROI_ALIGN_QUICK, roi_align_problem, roi_align_upstream  # noqa: E402
-
-# the issue's targets in seconds, fwd / fwd+bwd (torchvision measured 0.614 / 2.067 and
-# 0.803 / 2.622 s on the issue's machine; section `reference` times it in the same run)
-TARGETS = {(7, 7): (0.06, 0.2), (14, 14): (0.08, 0.26)}
-OURS = "ours (sampling 0)"  # the exact ROIAlignV2, the one the targets are for
 
 
 def make_problem(**problem):
-    """_common.roi_align_problem as tensors, with the box indices (all image 0)."""
+    """common.roi_align_problem as tensors, with the box indices (all image 0)."""
     features, boxes, scale = roi_align_problem(**problem)
     return (tf.constant(features), tf.constant(boxes), tf.zeros((len(boxes),), tf.int32), scale)
 
@@ -88,7 +82,7 @@ def gather_roi_align(features, boxes, box_indices, output_size, spatial_scale, s
 
 def _implementations(output_size):
     return {
-        OURS: lambda f, b, i, s: roi_align(f, b, i, output_size, s),
+        OURS_ROI_ALIGN: lambda f, b, i, s: roi_align(f, b, i, output_size, s),
         "ours (sampling 2)": lambda f, b, i, s: roi_align(f, b, i, output_size, s,
                                                           sampling_ratio=2),
         "tensorpack c&r": lambda f, b, i, s: tensorpack_roi_align(f, b, i, output_size, s),
@@ -112,12 +106,10 @@ def run(args):
                     loss = tf.reduce_sum(impl(features, boxes, indices, scale) * upstream)
                 return tape.gradient(loss, features)
 
-            target = TARGETS[output_size] if name == OURS else None
             rows.append({
                 "case": "%dx%d" % output_size,
                 "impl": name,
                 "fwd s": args.time(fwd),
                 "fwd+bwd s": args.time(fwd_bwd),
-                "target fwd/fwd+bwd s": "%g / %g" % target if target else "",
             })
     return rows

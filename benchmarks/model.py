@@ -1,6 +1,6 @@
 """Benchmark section: the whole Mask R-CNN, speed and memory on the CPU.
 
-Every measurement group runs in its own child process (``python scripts/bench/model.py --worker
+Every measurement group runs in its own child process (``python -m benchmarks.model --worker
 GROUP``): TensorFlow's thread counts can only be set before its runtime starts, and a fresh
 process gives a clean peak resident set. Threads: 2 intra-op, 1 inter-op (``--threads`` of the
 worker). Random weights, random-noise images (BGR 0..255), fixed seeds.
@@ -27,22 +27,19 @@ from __future__ import annotations
 
 import argparse
 import os
-import sys
 import time
 from unittest import mock
 
-ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-DEMO_CONFIG = os.path.join(ROOT, "configs", "shapes_demo_cpu.yaml")
-
 # the problems are shared with the PyTorch reference worker (NumPy only)
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-import _common  # noqa: E402
-from _common import (DEMO_HW, FULL_HW, QUICK_HW, current_rss_mb, padded,  # noqa: E402,F401
-                     peak_rss_mb, synthetic_batch)
+from benchmarks import common
+from benchmarks.common import (DEMO_HW, FULL_HW, QUICK_HW, ROOT, current_rss_mb, peak_rss_mb,
+                               synthetic_batch)
+
+DEMO_CONFIG = os.path.join(ROOT, "configs", "shapes_demo_cpu.yaml")
 
 
 # ---------------------------------------------------------------------- helpers (also used by
-# scripts/bench/scaling.py and scripts/profile_model.py)
+# benchmarks/scaling.py and benchmarks/profile.py)
 def setup_threads(intra: int = 2, inter: int = 1):
     """Thread counts; must run before TensorFlow executes anything."""
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
@@ -178,7 +175,7 @@ def block(result):
 
 def time_calls(fn, repeats: int, warmup: int):
     """Median (wall, cpu) seconds of fn() over `repeats` calls after `warmup` calls."""
-    return _common.time_calls(fn, repeats, warmup, wait=block)
+    return common.time_calls(fn, repeats, warmup, wait=block)
 
 
 def postprocess_all(outputs, hw):
@@ -187,7 +184,7 @@ def postprocess_all(outputs, hw):
 
 
 # ---------------------------------------------------------------------- worker groups
-_row = _common.print_row
+_row = common.print_row
 
 
 def _conv_override(opts):
@@ -200,7 +197,6 @@ def _mode(opts, bf16_name="bf16"):
 
 
 def group_infer(opts):
-    import numpy as np
     import tensorflow as tf
     hw = QUICK_HW if opts.quick else FULL_HW
     cfg = make_cfg(overrides=["MODEL.ROI_HEADS.SCORE_THRESH_TEST", "0.0",
@@ -304,9 +300,7 @@ def worker_main(argv=None):
     p.add_argument("--case", default="r50", help="train group: r50 or demo")
     p.add_argument("--bf16", action="store_true")
     p.add_argument("--direct", action="store_true", help="MODEL.WINOGRAD=False")
-    opts = _common.add_worker_arguments(p).parse_args(argv)
-    if ROOT not in sys.path:
-        sys.path.insert(0, ROOT)
+    opts = common.add_worker_arguments(p).parse_args(argv)
     setup_threads(opts.threads, opts.inter_threads)
     GROUPS[opts.worker](opts)
 
@@ -314,13 +308,12 @@ def worker_main(argv=None):
 # ---------------------------------------------------------------------- driver side
 def run_worker(extra, timeout=1800):
     """Run one worker group in a child process; returns its rows."""
-    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2", PYTHONPATH=ROOT)
-    return _common.run_worker([sys.executable, os.path.abspath(__file__)] + extra, extra[1],
-                              env=env, timeout=timeout)
+    return common.run_worker(common.module_command("model", *extra), extra[1],
+                             env=common.worker_env(TF_CPP_MIN_LOG_LEVEL="2"), timeout=timeout)
 
 
 def run(args):
-    """The driver's entry point (scripts/benchmark.py model [--quick] [--repeats N])."""
+    """The driver's entry point (python -m benchmarks model [--quick] [--repeats N])."""
     common = ["--repeats", str(min(args.repeats, 3)), "--warmup", str(min(args.warmup, 1))]
     if args.quick:
         common.append("--quick")

@@ -1,8 +1,9 @@
-"""What the TensorFlow sections and the PyTorch reference worker (scripts/bench/
-_torch_reference.py) share, so that both time the same inputs the same way: the benchmark
-problems as NumPy arrays, the timing loop and the memory readings.
+"""What the TensorFlow sections and the PyTorch reference worker (benchmarks/torch_reference.py)
+share, so that both time the same inputs the same way: the benchmark problems as NumPy arrays,
+the timing loop, the memory readings and how worker processes are started and read.
 
-No TensorFlow or PyTorch import here: this module is loaded in both environments.
+NumPy and the standard library only: this module is imported in both environments (and by
+custom_ops/gpu_harness, for the ROIAlign problem).
 """
 from __future__ import annotations
 
@@ -11,15 +12,19 @@ import os
 import resource
 import statistics
 import subprocess
+import sys
 import time
 
 import numpy as np
 
+# the repository root: workers import `benchmarks` (and `tfmrcnn`) from it
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
 # (resized h, w) of the problem sizes; quick = smoke-test sizes
 FULL_HW, QUICK_HW = (800, 1333), (320, 512)
 DEMO_HW = (192, 256)
-# the issue's ROIAlign problem: 512 ROIs, sides log-uniform in 16..400 px, (1, 200, 336, 256)
-# float32 map at stride 4
+# the ROIAlign problem: 512 ROIs (detectron2's training ROIs per image), sides log-uniform in
+# 16..400 px, the (1, 200, 336, 256) float32 P2 map of an 800x1333 image (stride 4)
 ROI_ALIGN_PROBLEM = dict(num_rois=512, shape=(1, 200, 336, 256), stride=4)
 ROI_ALIGN_QUICK = dict(num_rois=64, shape=(1, 50, 84, 32), stride=4)
 
@@ -128,6 +133,18 @@ def add_worker_arguments(parser):
 def print_row(**values):
     """One measurement of a worker, read back by `run_worker`."""
     print(ROW_MARKER + json.dumps(values), flush=True)
+
+
+def module_command(module: str, *args, python: str = sys.executable):
+    """The command line that runs ``benchmarks.<module>`` as a script in a worker process
+    (with `worker_env`, from any directory)."""
+    return [python, "-m", "benchmarks." + module, *[str(a) for a in args]]
+
+
+def worker_env(**extra):
+    """This process's environment with the repository root first on PYTHONPATH."""
+    path = os.pathsep.join(p for p in (ROOT, os.environ.get("PYTHONPATH")) if p)
+    return dict(os.environ, PYTHONPATH=path, **extra)
 
 
 def run_worker(cmd, group, env=None, timeout=3600):

@@ -32,14 +32,13 @@ ROUNDS times, in rotating order:
 Each round gives t_single / t for the other phases; the table reports their median over rounds
 with the spread. SyncBN's "single" and "independent" steps use BN (SyncBN on 1 rank computes the
 same batch statistics) because SyncBN's all-reduce is inside the layers. Pinning is switched
-for all threads of the process (hvd_utils.set_process_affinity) around that phase.
+for all threads of the process (tfmrcnn.distributed.set_process_affinity) around that phase.
 
 Each worker prints its measurements; the driver side (`run`) starts horovodrun and reads them.
 """
 from __future__ import annotations
 
 import argparse
-import importlib.util
 import json
 import os
 import shutil
@@ -48,7 +47,10 @@ import subprocess
 import sys
 import time
 
-ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+from benchmarks.common import DEMO_HW, module_command, synthetic_batch, worker_env
+from benchmarks.model import (DEMO_CONFIG, batch_signature, block, build_model, make_cfg,
+                              setup_threads)
+
 MARKER = "SCALING_ROW "
 IMAGES_PER_PROCESS = 2  # the demo's; the driver also measures GN at LARGER_BATCH
 LARGER_BATCH = 4
@@ -60,14 +62,6 @@ OPTS_ENV = "TFMRCNN_SCALING_OPTS"
 PHASES = ("horovod", "horovod pinned", "single", "independent")
 ROUNDS = 8
 STEPS_PER_PHASE = 5
-
-
-def _bench_model():
-    spec = importlib.util.spec_from_file_location(
-        "tfmrcnn_bench_model_helpers", os.path.join(os.path.dirname(__file__), "model.py"))
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
 
 
 class _NoHorovod:
@@ -86,35 +80,34 @@ class _NoHorovod:
         return tensor
 
 
-def _build_step(m, tf, cfg, hvd, batch, seed):
+def _build_step(tf, cfg, hvd, batch, seed):
     from tfmrcnn.engine.solver import WarmupMultiStepLR, build_optimizer
     from tfmrcnn.engine.trainer import make_train_step
-    model = m.build_model(cfg, seed=seed)
+    model = build_model(cfg, seed=seed)
     optimizer = build_optimizer(cfg, model)
     iteration = tf.Variable(0, dtype=tf.int64, trainable=False)
     step = make_train_step(model, optimizer, WarmupMultiStepLR.from_config(cfg), cfg, hvd,
-                           iteration, m.batch_signature(batch))
+                           iteration, batch_signature(batch))
     return step, list(model.variables) + list(optimizer.slots)
 
 
 def worker(opts):
     """One of the 2 Horovod ranks: build both steps, then the interleaved phases."""
-    m = _bench_model()
     from tfmrcnn.distributed import cpu_cores_for_rank, init_horovod, set_process_affinity
     hvd = init_horovod(sync_bn=opts.norm == "SyncBN")
     rank = hvd.rank()
     all_cores = sorted(os.sched_getaffinity(0))
     my_cores = cpu_cores_for_rank(all_cores, hvd.local_rank(), hvd.local_size()) or all_cores
-    tf = m.setup_threads(opts.threads, 1)
+    tf = setup_threads(opts.threads, 1)
     extra = os.environ.get(OPTS_ENV, "").split()
-    batch = m.synthetic_batch(opts.images, m.DEMO_HW, 4, 3, seed=rank)
+    batch = synthetic_batch(opts.images, DEMO_HW, 4, 3, seed=rank)
     tensors = {k: tf.constant(v) for k, v in batch.items()}
-    dist_cfg = m.make_cfg(m.DEMO_CONFIG, ["MODEL.RESNETS.NORM", opts.norm] + extra)
+    dist_cfg = make_cfg(DEMO_CONFIG, ["MODEL.RESNETS.NORM", opts.norm] + extra)
     alone_norm = "BN" if opts.norm == "SyncBN" else opts.norm
-    alone_cfg = m.make_cfg(m.DEMO_CONFIG, ["MODEL.RESNETS.NORM", alone_norm] + extra)
-    dist_step, dist_vars = _build_step(m, tf, dist_cfg, hvd, batch, seed=0)
+    alone_cfg = make_cfg(DEMO_CONFIG, ["MODEL.RESNETS.NORM", alone_norm] + extra)
+    dist_step, dist_vars = _build_step(tf, dist_cfg, hvd, batch, seed=0)
     hvd.broadcast_variables(dist_vars, root_rank=0)
-    alone_step, _ = _build_step(m, tf, alone_cfg, _NoHorovod(hvd), batch, seed=0)
+    alone_step, _ = _build_step(tf, alone_cfg, _NoHorovod(hvd), batch, seed=0)
 
     def barrier():
         hvd.allreduce(tf.zeros(()), name="scaling_barrier").numpy()
@@ -123,14 +116,14 @@ def worker(opts):
         walls, cpus = [], []
         for _ in range(n + 1):  # the first step after a phase switch is dropped
             w0, c0 = time.perf_counter(), time.process_time()
-            m.block(step(tensors))
+            block(step(tensors))
             walls.append(time.perf_counter() - w0)
             cpus.append(time.process_time() - c0)
         return statistics.median(walls[1:]), statistics.median(cpus[1:])
 
     for step in (dist_step, alone_step):  # trace and warm up
         for _ in range(opts.warmup):
-            m.block(step(tensors))
+            block(step(tensors))
         barrier()
     runs = {phase: [] for phase in PHASES}  # phase -> [(wall, cpu) per round]
     for r in range(opts.rounds):
@@ -161,12 +154,11 @@ def _measurements(stdout: str):
 def launch(norm: str, rounds: int, steps: int, warmup: int, images: int = IMAGES_PER_PROCESS,
            timeout: int = 1800):
     """One ``horovodrun -np 2 --gloo`` launch; returns the two ranks' rows (or an error)."""
-    cmd = [_horovodrun(), "-np", "2", "-H", "localhost:2", "--gloo",
-           sys.executable, os.path.abspath(__file__), "--worker", "--norm", norm,
-           "--rounds", str(rounds), "--steps", str(steps), "--warmup", str(warmup),
-           "--images", str(images)]
-    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2", PYTHONPATH=ROOT)
-    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=timeout)
+    cmd = [_horovodrun(), "-np", "2", "-H", "localhost:2", "--gloo"] + module_command(
+        "scaling", "--worker", "--norm", norm, "--rounds", rounds, "--steps", steps,
+        "--warmup", warmup, "--images", images)
+    proc = subprocess.run(cmd, env=worker_env(TF_CPP_MIN_LOG_LEVEL="2"), capture_output=True,
+                          text=True, timeout=timeout)
     found = sorted(_measurements(proc.stdout), key=lambda r: r["rank"])
     if proc.returncode != 0 or len(found) != 2:
         return {"error": (proc.stderr or proc.stdout).strip()[-300:]}
@@ -202,7 +194,7 @@ def summarize(norm: str, ranks, images: int = IMAGES_PER_PROCESS):
 
 
 def run(args):
-    """The driver's entry point (scripts/benchmark.py scaling [--quick])."""
+    """The driver's entry point (python -m benchmarks scaling [--quick])."""
     if not _horovodrun():
         return [{"case": "horovod", "note": "horovodrun not found (scripts/setup.sh builds it)"}]
     rounds = 4 if args.quick else int(getattr(args, "rounds", None) or ROUNDS)
@@ -242,8 +234,6 @@ def main(argv=None):
     p.add_argument("--opts", nargs="*", default=[],
                    help="driver: config overrides for every worker, e.g. MODEL.WINOGRAD False")
     opts = p.parse_args(argv)
-    if ROOT not in sys.path:
-        sys.path.insert(0, ROOT)
     if opts.worker:
         worker(opts)
     else:  # standalone: print the rows

@@ -1,11 +1,14 @@
-#!/usr/bin/env python
 """The PyTorch side of benchmark section `reference`: detectron2 and torchvision timed on the
-same problems as our sections, in a PyTorch environment (no TensorFlow here).
+same problems as our sections, in a PyTorch environment.
 
-    .venv-reference/bin/python scripts/bench/_torch_reference.py --group infer|train|roi_align
+    PYTHONPATH=. .venv-reference/bin/python -m benchmarks.torch_reference \
+        --group infer|train|roi_align
 
-(`bash scripts/setup_reference.sh` makes that environment: PyTorch, torchvision and detectron2.)
-Each group prints rows ``BENCH_ROW {json}``, like scripts/bench/model.py's workers:
+(`bash scripts/setup_reference.sh` makes that environment: PyTorch, torchvision and detectron2,
+without TensorFlow or tfmrcnn.) So this module imports, of this repository, only NumPy-only
+modules: benchmarks/__init__.py (a docstring) and benchmarks/common.py; keep it so
+(benchmarks/tests/test_sections.py checks it). Each group prints rows ``BENCH_ROW {json}``, like
+benchmarks/model.py's workers:
 
   infer      detectron2 mask_rcnn_R_50_FPN_1x (80 classes), one 800x1333 image: stages
              backbone+fpn (normalise + pad + ResNet + FPN) / rpn / roi_heads / paste
@@ -16,21 +19,19 @@ Each group prints rows ``BENCH_ROW {json}``, like scripts/bench/model.py's worke
   roi_align  torchvision.ops.roi_align (what detectron2's ROIAlign calls), aligned=True,
              sampling_ratio 0, 7x7 and 14x14: forward and forward+backward.
 
-Same conditions as ours (scripts/bench/model.py): 2 intra-op threads and 1 inter-op thread,
+Same conditions as ours (benchmarks/model.py): 2 intra-op threads and 1 inter-op thread,
 random weights with every FrozenBN's statistics set to those of its input (so that an untrained
 model gives realistic proposals), ROI_HEADS.SCORE_THRESH_TEST 0 (100 detections), the images of
-scripts/bench/_common.py, median of `--repeats` after `--warmup` calls.
+benchmarks/common.py, median of `--repeats` after `--warmup` calls.
 """
 from __future__ import annotations
 
 import argparse
-import os
-import sys
 
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from _common import (FULL_HW, QUICK_HW, ROI_ALIGN_PROBLEM, ROI_ALIGN_QUICK,  # noqa: E402
-                     add_worker_arguments, peak_rss_mb, print_row, roi_align_problem,
-                     roi_align_upstream, synthetic_batch, time_calls)
+from benchmarks.common import (FULL_HW, QUICK_HW, ROI_ALIGN_PROBLEM, ROI_ALIGN_QUICK,
+                               add_worker_arguments, peak_rss_mb, print_row, roi_align_problem,
+                               roi_align_upstream, synthetic_batch, time_calls)
+
 
 def _versions():
     import torch

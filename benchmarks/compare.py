@@ -1,0 +1,84 @@
+"""Ours next to the reference implementations measured in the same run, and their ratio.
+
+The driver prints this table after its rows. Each line pairs a row of our sections with the row
+of section `reference` (benchmarks/torch_reference.py) for the same problem:
+
+  inference end to end     model infer "end-to-end", R50-FPN, each of our modes (fp32, fp32
+                           direct conv, bf16)              vs detectron2's model(inputs)
+  training step            model train "train step", R50-FPN batch 1, each mode
+                                                           vs detectron2's step
+  inference / training peak RSS of those worker processes  vs detectron2's processes
+  ROIAlign 7x7 / 14x14     roi_align `OURS_ROI_ALIGN` (the exact ROIAlignV2), fwd and fwd+bwd
+                           vs torchvision.ops.roi_align (the kernel detectron2's ROIAlign calls)
+
+Model rows are paired only at the same image size (the "HxW" of their case names). ratio =
+reference / ours: above 1, ours takes less time (or memory). Only pairs measured in this run
+appear: machines differ from day to day, so a figure from another run or another machine is not
+compared with.
+"""
+from __future__ import annotations
+
+import re
+
+OURS_ROI_ALIGN = "ours (sampling 0)"  # the label of section roi_align's exact ROIAlignV2 rows
+# (group, stage, value column, unit, measure) of the model rows paired with detectron2's
+MODEL_MEASURES = (
+    ("infer", "end-to-end", "seconds", "s", "inference end to end"),
+    ("train", "train step", "seconds", "s", "training step"),
+    ("infer", "peak RSS MB", "value", "MB", "inference peak RSS"),
+    ("train", "peak RSS MB", "value", "MB", "training peak RSS"),
+)
+
+
+def _image_size(case: str):
+    """"R50-FPN 800x1333 fp32" -> "800x1333" (None without one)."""
+    found = re.search(r"\d+x\d+", case)
+    return found.group(0) if found else None
+
+
+def _model_pairs(rows):
+    """(measure, our row, reference row, value column, unit) of the model section."""
+    for group, stage, column, unit, measure in MODEL_MEASURES:
+        def matching(section, prefix):
+            return [r for r in rows if r.get("section") == section and r.get("group") == group
+                    and r.get("stage") == stage and r.get("case", "").startswith(prefix)]
+
+        references = matching("reference", "detectron2 ")
+        for ours in matching("model", "R50-FPN "):
+            for ref in references:
+                if _image_size(ref["case"]) == _image_size(ours["case"]):
+                    yield measure, ours, ref, column, unit
+                    break
+
+
+def _roi_align_pairs(rows):
+    """(measure, our row, reference row, value column, unit) of the ROIAlign section."""
+    for ref in rows:
+        if ref.get("section") != "reference" or ref.get("group") != "roi_align":
+            continue
+        for ours in rows:
+            if (ours.get("section") == "roi_align" and ours.get("case") == ref.get("case")
+                    and ours.get("impl") == OURS_ROI_ALIGN):
+                for column in ("fwd s", "fwd+bwd s"):
+                    yield "ROIAlign %s %s" % (ref["case"], column[:-2]), ours, ref, column, "s"
+                break
+
+
+def comparison_table(rows):
+    """Table rows: measure, ours, its value, the reference, its value, unit, reference / ours.
+    Empty when the run measured no pair (e.g. without section `reference`)."""
+    table = []
+    pairs = list(_model_pairs(rows)) + list(_roi_align_pairs(rows))
+    for measure, ours, ref, column, unit in pairs:
+        mine, theirs = ours.get(column), ref.get(column)
+        if mine is None or theirs is None:
+            continue
+        table.append({"measure": measure, "ours": _label(ours), "ours value": mine,
+                      "reference": _label(ref), "reference value": theirs, "unit": unit,
+                      "reference / ours": theirs / mine if mine else None})
+    return table
+
+
+def _label(row):
+    """What was measured: the implementation of a ROIAlign row, the case of a model row."""
+    return row.get("impl") or row.get("case")
