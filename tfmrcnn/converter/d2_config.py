@@ -17,7 +17,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any, Dict, List, Tuple
 
-from tfmrcnn.config import ConfigError, _decode, _load_yaml_with_base, get_cfg
+from tfmrcnn.config import ConfigError, decode_value, get_cfg, load_yaml_with_base
 
 from .d2_names import norm_suffixes
 
@@ -170,7 +170,7 @@ def _flatten(tree: Dict[str, Any], prefix: str = "") -> Dict[str, Any]:
         if isinstance(value, dict):
             out.update(_flatten(value, full + "."))
         else:
-            out[full] = _decode(value)
+            out[full] = decode_value(value)
     return out
 
 
@@ -247,4 +247,4 @@ def cfg_from_d2_dict(values: Dict[str, Any], source: str = "<dict>", base_cfg=No
 
 def cfg_from_d2_config(path: str, base_cfg=None):
     """(tfmrcnn cfg, D2ConfigReport) from a detectron2 yaml file (``_BASE_`` chain resolved)."""
-    return cfg_from_d2_dict(_load_yaml_with_base(path), source=str(path), base_cfg=base_cfg)
+    return cfg_from_d2_dict(load_yaml_with_base(path), source=str(path), base_cfg=base_cfg)
