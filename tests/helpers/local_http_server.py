@@ -19,6 +19,8 @@ import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Dict, Iterator
 
+import pytest
+
 _RANGE = re.compile(r"^bytes=(\d+)-$")
 
 
@@ -104,3 +106,11 @@ def serve(files: Dict[str, bytes]) -> Iterator[FileServer]:
         server.shutdown()
         server.server_close()
         thread.join(timeout=10)
+
+
+@pytest.fixture
+def no_proxy(monkeypatch):
+    """Requests to 127.0.0.1 go straight to the test server, whatever proxy the shell sets."""
+    for var in ("http_proxy", "HTTP_PROXY", "https_proxy", "HTTPS_PROXY"):
+        monkeypatch.delenv(var, raising=False)
+    monkeypatch.setenv("no_proxy", "127.0.0.1")

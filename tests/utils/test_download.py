@@ -8,7 +8,7 @@ import os
 import numpy as np
 import pytest
 
-from local_http_server import serve
+from local_http_server import no_proxy, serve  # noqa: F401 (fixture)
 from tfmrcnn.utils.download import Checksum, DownloadError, cache_root, download
 
 # 2.5 MiB: several 1 MiB chunks, so a cut or an interruption falls mid-file
@@ -17,11 +17,7 @@ MD5 = hashlib.md5(DATA).hexdigest()
 FAST = dict(timeout=5.0, log=lambda line: None)
 
 
-@pytest.fixture(autouse=True)
-def _no_proxy(monkeypatch):
-    for var in ("http_proxy", "HTTP_PROXY", "https_proxy", "HTTPS_PROXY"):
-        monkeypatch.delenv(var, raising=False)
-    monkeypatch.setenv("no_proxy", "127.0.0.1")
+pytestmark = pytest.mark.usefixtures("no_proxy")
 
 
 @pytest.fixture

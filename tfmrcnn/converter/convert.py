@@ -1,4 +1,4 @@
-"""detectron2 / Caffe2 checkpoints -> tfmrcnn weights file + config (and back, for tests).
+"""detectron2 / Caffe2 checkpoints -> tfmrcnn weights file + config, and our models back.
 
 Convention: a conversion accounts for every tensor. The checkpoint's names must be exactly the
 names `expected_d2_tensors(cfg)` lists, with those shapes; anything left over or missing is an
@@ -30,13 +30,16 @@ from .d2_names import BOTTOM_UP, TensorSpec, expected_d2_tensors
 from .infer_config import infer_cfg_from_shapes
 from .layouts import to_d2, to_tf
 from .safe_pickle import UnsafePickleError, safe_load
-from tfmrcnn.checkpoint.model_dir import WEIGHTS_FILENAME, write_model_dir
+from tfmrcnn.checkpoint.model_dir import (CONFIG_FILENAME, WEIGHTS_FILENAME, ModelDirError,
+                                          model_dir_paths, write_model_dir)
+from tfmrcnn.checkpoint.weights_io import read_weights
+from tfmrcnn.config import load_config
 from tfmrcnn.utils.file_io import atomic_write
 
 __all__ = [
     "ConversionError", "Checkpoint", "ConversionResult", "FROZEN_BN_EPS",
     "read_checkpoint", "check_names_and_shapes", "d2_to_tf", "tf_to_d2", "export_d2_pkl",
-    "convert_checkpoint",
+    "export_model_dir", "convert_checkpoint",
 ]
 
 _KNOWN_EXTRAS = re.compile(
@@ -251,6 +254,29 @@ def export_d2_pkl(named_arrays, path: str, cfg=None) -> str:
     state = tf_to_d2(named_arrays, cfg)
     payload = {"model": state, "__author__": "tfmrcnn"}
     atomic_write(path, lambda f: pickle.dump(payload, f, protocol=4))
+    return path
+
+
+def export_model_dir(source: str, path: str, log: Callable[[str], None] = print) -> str:
+    """A model directory (config.yaml + model_final.npz, e.g. a training OUTPUT_DIR), or a
+    weights file in one (a checkpoint ``model_0004999.npz``), -> detectron2 `.pkl` at `path`.
+
+    The architecture is the folder's config.yaml; every tensor of it must be in the weights.
+    """
+    if os.path.isdir(source):
+        config_path, weights_path = model_dir_paths(source)
+    else:
+        weights_path = source
+        config_path = os.path.join(os.path.dirname(os.path.abspath(source)), CONFIG_FILENAME)
+        if not os.path.isfile(weights_path) or not os.path.isfile(config_path):
+            raise ModelDirError(f"{source}: expected a model directory, or a weights file with "
+                                f"{CONFIG_FILENAME} next to it")
+    arrays, _ = read_weights(weights_path)
+    try:
+        export_d2_pkl(arrays, path, load_config(config_path))
+    except ConversionError as e:
+        raise ConversionError(f"{weights_path} (architecture of {config_path}): {e}") from None
+    log(f"wrote {len(arrays)} tensors of {weights_path} to {path} (detectron2 names and layouts)")
     return path
 
 
