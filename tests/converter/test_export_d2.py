@@ -91,13 +91,15 @@ def test_checkpoint_file_in_an_output_dir(repo_root, tmp_path):
 
 
 def test_errors_name_the_folder_or_tensor(repo_root, tmp_path, capsys):
-    assert convert_main(["--to-detectron2", str(tmp_path / "nowhere"), str(tmp_path / "x.pkl")]) == 1
+    out = str(tmp_path / "x.pkl")
+    assert convert_main(["--to-detectron2", str(tmp_path / "nowhere"), out]) == 1
     assert "nowhere" in capsys.readouterr().err
     cfg = load_config(str(repo_root / "configs" / "shapes_demo_cpu.yaml"))
     _random_model_dir(cfg, tmp_path / "model")
-    write_model_dir(str(tmp_path / "model"), read_weights(
-        str(tmp_path / "model" / "model_final.npz"))[0], cfg.dump().replace("DEPTH: 18", "DEPTH: 34"))
-    assert convert_main(["--to-detectron2", str(tmp_path / "model"), str(tmp_path / "x.pkl")]) == 1
+    weights, _ = read_weights(str(tmp_path / "model" / "model_final.npz"))
+    write_model_dir(str(tmp_path / "model"), weights,
+                    cfg.dump().replace("DEPTH: 18", "DEPTH: 34"))  # config and weights disagree
+    assert convert_main(["--to-detectron2", str(tmp_path / "model"), out]) == 1
     assert "res2.2.conv1.weight" in capsys.readouterr().err  # R34 has a third res2 block
     assert not os.path.exists(tmp_path / "x.pkl")
 

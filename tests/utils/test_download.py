@@ -1,4 +1,5 @@
-"""Downloads into the cache: complete or absent, resumed after a cut, checked when a digest is known.
+"""Downloads into the cache: complete or absent, resumed after a cut, checked when a digest is
+known.
 
 Every test talks to a server on 127.0.0.1 (tests/helpers/local_http_server.py), never the network.
 """

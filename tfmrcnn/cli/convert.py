@@ -2,7 +2,8 @@
 
     tfmrcnn-convert model_final_f10217.pkl --d2-config config.yaml --output OUTDIR
     tfmrcnn-convert R-50.pkl --output OUTDIR          # ImageNet backbone, architecture inferred
-    tfmrcnn-convert detectron2://COCO-InstanceSegmentation/mask_rcnn_R_50_FPN_3x/137849600/model_final_f10217.pkl
+    tfmrcnn-convert detectron2://NAME                # a model-zoo file: downloaded, converted
+      (NAME e.g. COCO-InstanceSegmentation/mask_rcnn_R_50_FPN_3x/137849600/model_final_f10217.pkl)
     tfmrcnn-convert --to-detectron2 MODEL_DIR out.pkl   # our model -> detectron2 .pkl
 
 OUTDIR (default ./<file name without extension>) then holds model_final.npz and config.yaml,

@@ -125,8 +125,11 @@ def _open(url: str, offset: int, timeout: float):
     return response, 0, length
 
 
+Progress = Callable[[int, Optional[int]], None]  # (bytes done, total or None)
+
+
 def _transfer(url: str, part: str, timeout: float,
-              progress: Optional[Callable[[int, Optional[int]], None]]) -> Tuple[bool, Optional[int]]:
+              progress: Optional[Progress]) -> Tuple[bool, Optional[int]]:
     """One attempt: append the rest of `url` to `part`.
 
     Returns (complete, announced total size or None). Not complete: the connection broke
@@ -153,7 +156,7 @@ def _transfer(url: str, part: str, timeout: float,
 
 def download(url: str, dest: str, checksum: Optional[Checksum] = None, attempts: int = 5,
              timeout: float = 60.0, log: Callable[[str], None] = logger.info,
-             progress: Optional[Callable[[int, Optional[int]], None]] = None) -> str:
+             progress: Optional[Progress] = None) -> str:
     """Fetch `url` to `dest` (see the module docstring); returns `dest`.
 
     An existing `dest` is reused (verified first when `checksum` is given; a mismatch there
