@@ -105,7 +105,8 @@ def test_sparse_ids_crowd_and_degenerate(hand_made, caplog):
     assert isinstance(rle, dict) and mask_utils.decode(rle).sum() == 400
 
     assert by_id[9]["annotations"] == []  # zero-width box and 2-point-only annotation dropped
-    assert "dropped 1 annotations with an empty box, 1 without a valid polygon" in caplog.text
+    assert ("dropped 1 annotations with an empty box (ids 4), 1 without a valid polygon (ids 5)"
+            in caplog.text)
     assert "2 polygons" in caplog.text
 
     meta = MetadataCatalog.get("test_hand_made")

@@ -160,3 +160,24 @@ def test_instance_cap_and_no_masks_without_mask_head(tmp_path):
     (capped,) = _take(build_train_dataset(cfg, dicts, 0, 1, seed=0), 1)
     assert capped["gt_classes"].shape[1] == 1 and "gt_masks" not in capped
     np.testing.assert_array_equal(capped["gt_boxes"][:, 0], full["gt_boxes"][:, 0])
+
+
+@pytest.mark.parametrize("how", ["files missing", "boxes outside"])
+def test_a_set_without_usable_image_stops_instead_of_looping(tmp_path, caplog, how):
+    """Issue 20: with no usable image the stream skipped empty batches forever (a hang with
+    148,609 'Skipping image' lines in 240 s); now it raises, logging each image once."""
+    import tensorflow as tf
+
+    dicts = _write_dataset(tmp_path, SIZES[:3])
+    for d in dicts:
+        if how == "files missing":
+            d["file_name"] += ".gone"
+        else:
+            d["annotations"][0]["bbox"] = [d["width"] + 5, 2, 10, 10]
+    ds = build_train_dataset(_cfg(batch=1), dicts, 0, 1, seed=0)
+    with caplog.at_level(logging.WARNING, logger="tfmrcnn.data.pipeline"):
+        with pytest.raises(tf.errors.OpError, match="NoUsableImageError: None of the 3 training "
+                                                    "images can be used"):
+            _take(ds, 1)
+    skips = [r.getMessage() for r in caplog.records if "Skipping" in r.getMessage()]
+    assert len(skips) == 3 and all(any(d["file_name"] in m for m in skips) for d in dicts)

@@ -281,3 +281,20 @@ def test_custom_set_behind_the_coco_2017_name_keeps_its_categories(tmp_path, mon
         assert {r["category_id"] for r in results} == {1, 5, 90}
         per_class = {k for k in metrics["bbox"] if k.startswith("AP-")}
         assert per_class == ({f"AP-{c['name']}" for c in toy.CATEGORIES} if per_category else set())
+
+
+def test_ground_truth_is_scored_at_the_size_of_the_evaluated_image(tmp_path):
+    """With DATASETS.TRUST_IMAGE_SIZE an image's json size is wrong and its file's is used:
+    detections come at the file's size, so the json's polygons are rasterised at that size."""
+    data = toy.build_coco_dict()
+    wrong = json.loads(json.dumps(data))
+    wrong["images"][0].update(height=30, width=31)       # image 11 really is 48 x 64
+    json_path = tmp_path / "wrong.json"
+    json_path.write_text(json.dumps(wrong))
+    inputs = toy.dataset_inputs(data)                      # the images' true sizes
+    evaluator = COCOEvaluator((str(json_path), str(tmp_path)), None, distributed=False,
+                              verbose=False)
+    evaluator.reset()
+    evaluator.process(inputs, [toy.perfect_outputs(data, i["image_id"]) for i in inputs])
+    metrics = evaluator.evaluate()
+    assert metrics["segm"]["AP"] == pytest.approx(100.0)

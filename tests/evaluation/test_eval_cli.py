@@ -72,3 +72,43 @@ def test_bn_batch_stats_evaluates_with_batch_statistics(tmp_path, repo_root, cap
     # R18: stem + 8 blocks x 2 convs + 3 shortcut convs = 20 batch norms
     assert "20 batch norm layers use each test batch's statistics" in capsys.readouterr().out
     assert 0.0 <= json.loads((out / "metrics.json").read_text())["bbox"]["AP"] <= 100.0
+
+
+@pytest.fixture(scope="module")
+def tiny_model_dir(tmp_path_factory, repo_root):
+    return _model_dir(tmp_path_factory.mktemp("eval_cli"), repo_root, TINY[:-2])
+
+
+def test_bad_data_stops_before_inference_with_every_problem(tmp_path, tiny_model_dir, capsys):
+    """Issue 20: a missing image or a `[]` ground-truth segmentation stopped tfmrcnn-eval with a
+    traceback only after all inference; now it is a report naming each file and annotation."""
+    json_path, root = toy.write_coco_set(str(tmp_path / "toy"), with_images=True)
+    data = json.loads(open(json_path).read())
+    data["annotations"][0]["segmentation"] = []
+    with open(json_path, "w") as f:
+        json.dump(data, f)
+    missing = data["images"][1]
+    (tmp_path / "toy" / missing["file_name"]).unlink()
+    out = tmp_path / "out"
+    rc = main(["--model", str(tiny_model_dir), "--json", json_path, "--images", root,
+               "--output", str(out)] + TINY[-2:])
+    err = capsys.readouterr().err
+    assert rc == 1 and "Traceback" not in err
+    assert f"{missing['file_name']} (image {missing['id']}): unreadable image" in err
+    first = data["annotations"][0]
+    assert f"(image {first['image_id']}, annotation {first['id']}): bad segmentation" in err
+    assert not out.exists()  # nothing was inferred or written
+
+
+def test_shapes_dir_of_the_user_is_refused_not_deleted(tmp_path, tiny_model_dir, monkeypatch,
+                                                       capsys):
+    """Issue 20: TFMRCNN_SHAPES_DIR=d tfmrcnn-eval ... deleted d/labels.csv and d/README."""
+    folder = tmp_path / "d"
+    folder.mkdir()
+    (folder / "labels.csv").write_text("a,b")
+    (folder / "README").write_text("mine")
+    monkeypatch.setenv("TFMRCNN_SHAPES_DIR", str(folder))
+    rc = main(["--model", str(tiny_model_dir), "--dataset", "shapes_val"])
+    assert rc == 1
+    assert f"Refusing to write the shapes data set into {folder}" in capsys.readouterr().err
+    assert sorted(p.name for p in folder.iterdir()) == ["README", "labels.csv"]

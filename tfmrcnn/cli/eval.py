@@ -90,14 +90,18 @@ def main(argv: Optional[List[str]] = None) -> int:
     dataset, output = _dataset_and_output(args, cfg)
 
     rank, _ = _setup_horovod(cfg.TRAINER.PIN_CPU_CORES)
-    from tfmrcnn.checkpoint.weights_io import load_weights
+    from tfmrcnn.checkpoint.weights_io import WeightsError, load_weights
     from tfmrcnn.evaluation.coco_evaluation import METRIC_NAMES, COCOEvaluator
     from tfmrcnn.utils.file_io import to_jsonable
     from tfmrcnn.evaluation.inference import inference_on_dataset
     from tfmrcnn.modeling.meta_arch import GeneralizedRCNN
 
     model = GeneralizedRCNN(cfg)
-    report = load_weights(model, weights)
+    try:
+        report = load_weights(model, weights)
+    except WeightsError as e:  # unreadable, truncated, non-finite or not this model's
+        print(f"tfmrcnn-eval: error: {e}", file=sys.stderr)
+        return 1
     if rank == 0:
         print(f"Loaded {weights}" + (f"\n{report.summary()}" if report.missing else ""))
     if args.bn_batch_stats:
@@ -111,10 +115,17 @@ def main(argv: Optional[List[str]] = None) -> int:
         if rank == 0:
             print(f"{switched} batch norm layers use each test batch's statistics "
                   f"(batch size {args.batch_size})")
+    from tfmrcnn.data.validate import checked_evaluation_records
+
+    try:  # every image and annotation checked before inference (tfmrcnn.data.validate)
+        records = checked_evaluation_records(cfg, dataset)
+    except (OSError, ValueError) as e:
+        print(f"tfmrcnn-eval: error: {e}", file=sys.stderr)
+        return 1
     tasks = ("bbox", "segm") if cfg.MODEL.MASK_ON else ("bbox",)
     evaluator = COCOEvaluator(dataset, output, tasks=tasks, verbose=(rank == 0),
                               per_category=not args.no_per_category)
-    metrics = inference_on_dataset(model, dataset, cfg, evaluator, batch_size=args.batch_size)
+    metrics = inference_on_dataset(model, records, cfg, evaluator, batch_size=args.batch_size)
     if rank == 0:
         summary = {task: {k: metrics[task][k] for k in METRIC_NAMES}
                    for task in tasks if task in metrics}

@@ -196,6 +196,16 @@ def main(argv: Optional[List[str]] = None) -> int:
         logger.info("Config:\n%s", cfg.dump())
         write_config(cfg.OUTPUT_DIR, cfg.dump())
 
+    from tfmrcnn.data.validate import checked_evaluation_records, checked_training_records
+
+    try:  # the data sets are checked before any long work (tfmrcnn.data.validate)
+        dicts = [] if args.eval_only else checked_training_records(cfg, train_dataset_dicts(cfg))
+        for name in cfg.DATASETS.TEST:
+            checked_evaluation_records(cfg, name)
+    except (OSError, ValueError) as e:
+        logger.error("%s", e)
+        return 1
+
     import tensorflow as tf
 
     from tfmrcnn.data.pipeline import build_train_dataset
@@ -206,7 +216,6 @@ def main(argv: Optional[List[str]] = None) -> int:
         tf.random.set_seed(cfg.SEED)        # initial weights; rank 0's are broadcast anyway
     model = GeneralizedRCNN(cfg)
     eval_fn = make_eval_fn(cfg, model, rank) if cfg.DATASETS.TEST else None
-    dicts = train_dataset_dicts(cfg) if not args.eval_only else []
     vis_fn = make_train_vis_fn(cfg, model) if cfg.TRAINER.VIS_PERIOD > 0 and rank == 0 else None
 
     def data_fn(start_position, seed):

@@ -139,6 +139,12 @@ _C.INPUT.SIZE_DIVISIBILITY = 32  # pad images bottom/right to a multiple of this
 _C.DATASETS = {}
 _C.DATASETS.TRAIN = ("coco_2017_train",)  # registered dataset names merged for training
 _C.DATASETS.TEST = ("coco_2017_val",)  # registered dataset names evaluated
+# An image whose file size differs from its json height/width: an error (as detectron2), or,
+# True, the file's size is used with the json's coordinates (tfmrcnn.data.validate)
+_C.DATASETS.TRUST_IMAGE_SIZE = False
+# Training images with problems (unreadable, size mismatch, bad RLE): stop with the list
+# (False), or train without them and count them (True); evaluation never skips
+_C.DATASETS.SKIP_BAD_IMAGES = False
 
 _C.DATALOADER = {}
 _C.DATALOADER.NUM_WORKERS = 4  # parallel decode/augment calls per process (tf.data)

@@ -3,7 +3,8 @@
 One dict per image::
 
     {"file_name": str (image_root joined), "height": int, "width": int, "image_id": int,
-     "annotations": [{"bbox": [x, y, w, h] (continuous px, no +1),
+     "annotations": [{"id": the json's annotation id (for messages),
+                      "bbox": [x, y, w, h] (continuous px, no +1),
                       "category_id": int (contiguous 0..K-1, categories sorted by json id),
                       "segmentation": [[x0, y0, x1, y1, ...], ...] polygons, or an RLE dict
                                       {"size": [h, w], "counts": str | list},
@@ -18,7 +19,8 @@ import io
 import logging
 import os
 
-__all__ = ["load_coco_json", "filter_images_with_only_crowd_annotations", "category_maps"]
+__all__ = ["load_coco_json", "filter_images_with_only_crowd_annotations", "category_maps",
+           "open_coco", "CocoFormatError"]
 
 logger = logging.getLogger(__name__)
 
@@ -35,7 +37,8 @@ def category_maps(categories):
             {i: c["id"] for i, c in enumerate(cats)})
 
 
-def _open_coco(json_file):
+def open_coco(json_file):
+    """pycocotools COCO of a json file, quietly; errors name the file (CocoFormatError)."""
     from pycocotools.coco import COCO
 
     if not os.path.isfile(json_file):
@@ -67,8 +70,8 @@ def _convert_annotation(ann, to_contiguous):
     if ann["category_id"] not in to_contiguous:
         raise CocoFormatError(f"annotation {ann.get('id')} has category_id "
                               f"{ann['category_id']} missing from 'categories'")
-    out = {"bbox": [x, y, w, h], "category_id": to_contiguous[ann["category_id"]],
-           "iscrowd": int(ann.get("iscrowd", 0))}
+    out = {"id": ann.get("id"), "bbox": [x, y, w, h],
+           "category_id": to_contiguous[ann["category_id"]], "iscrowd": int(ann.get("iscrowd", 0))}
     dropped = 0
     if "segmentation" in ann:
         segm, dropped = _clean_segmentation(ann["segmentation"])
@@ -87,11 +90,11 @@ def load_coco_json(json_file, image_root, dataset_name=None):
     """
     if not os.path.isdir(image_root):
         raise FileNotFoundError(f"Image directory not found: {image_root} (images of {json_file})")
-    coco = _open_coco(json_file)
+    coco = open_coco(json_file)
     try:
         thing_classes, to_contiguous, to_dataset = category_maps(coco.loadCats(coco.getCatIds()))
         image_ids = sorted(coco.imgs)
-        dicts, dropped = [], {"empty box": 0, "no valid polygon": 0, "polygons": 0}
+        dicts, dropped = [], {"empty box": [], "no valid polygon": [], "polygons": 0}
         for image_id in image_ids:
             img = coco.imgs[image_id]
             record = {"file_name": os.path.join(image_root, img["file_name"]),
@@ -101,7 +104,7 @@ def load_coco_json(json_file, image_root, dataset_name=None):
                 out, reason, bad_polygons = _convert_annotation(ann, to_contiguous)
                 dropped["polygons"] += bad_polygons
                 if out is None:
-                    dropped[reason] += 1
+                    dropped[reason].append(ann.get("id"))
                 else:
                     record["annotations"].append(out)
             dicts.append(record)
@@ -113,9 +116,11 @@ def load_coco_json(json_file, image_root, dataset_name=None):
     logger.info("Loaded %d images, %d annotations from %s", len(dicts),
                 sum(len(d["annotations"]) for d in dicts), json_file)
     if dropped["empty box"] or dropped["no valid polygon"] or dropped["polygons"]:
-        logger.warning("%s: dropped %d annotations with an empty box, %d without a valid polygon "
-                       "and %d polygons with < 3 points", json_file, dropped["empty box"],
-                       dropped["no valid polygon"], dropped["polygons"])
+        logger.warning("%s: dropped %d annotations with an empty box%s, %d without a valid "
+                       "polygon%s and %d polygons with < 3 points", json_file,
+                       len(dropped["empty box"]), _some_ids(dropped["empty box"]),
+                       len(dropped["no valid polygon"]), _some_ids(dropped["no valid polygon"]),
+                       dropped["polygons"])
     if dataset_name is not None:
         from tfmrcnn.data.catalog import MetadataCatalog
 
@@ -124,6 +129,14 @@ def load_coco_json(json_file, image_root, dataset_name=None):
             thing_contiguous_id_to_dataset_id=to_dataset, json_file=json_file,
             image_root=image_root, evaluator_type="coco")
     return dicts
+
+
+def _some_ids(ids, limit=10):
+    """' (ids 1, 2, ...)' naming up to ``limit`` annotation ids, '' for none."""
+    if not ids:
+        return ""
+    more = f", ... {len(ids) - limit} more" if len(ids) > limit else ""
+    return f" (ids {', '.join(str(i) for i in ids[:limit])}{more})"
 
 
 def filter_images_with_only_crowd_annotations(dataset_dicts):

@@ -17,9 +17,12 @@ Batch format: see NOTES.md ("A training batch"). Every element also carries ``da
 (int64 scalar): the number of this rank's batches consumed once this one is used; the trainer
 pops it and saves it in checkpoints.
 
-Robustness: a missing or undecodable image is logged with its path and dropped from its batch;
-an image whose instances all vanish after the transform is dropped and counted; a batch left
-empty is skipped. The stream never ends.
+Robustness: the data set is checked before training (`tfmrcnn.data.validate`), so what follows
+only happens when files change during a run. An image that cannot be read
+(`tfmrcnn.data.image_io.read_image`), whose decoded size differs from its record, or whose
+instances all vanish after the transform is dropped from its batch, with one warning per image;
+a batch left empty is skipped. Once every image of the set has failed since the last one that
+loaded, the stream raises ``NoUsableImageError`` instead of skipping empty batches forever.
 """
 from __future__ import annotations
 
@@ -33,8 +36,10 @@ import tensorflow as tf
 
 from tfmrcnn.data import transforms as T
 from tfmrcnn.data.coco import filter_images_with_only_crowd_annotations
+from tfmrcnn.data.image_io import ImageReadError, read_image
 
-__all__ = ["TrainSampler", "ImageLoader", "build_train_dataset", "per_process_batch_size"]
+__all__ = ["TrainSampler", "ImageLoader", "build_train_dataset", "per_process_batch_size",
+           "NoUsableImageError"]
 
 logger = logging.getLogger(__name__)
 
@@ -115,51 +120,58 @@ class ImageLoader:
         self.dicts, self.max_size, self.rgb = dataset_dicts, max_size, rgb
         self.with_masks, self.max_instances = with_masks, max_instances
         self._lock = threading.Lock()
-        self.num_unreadable = 0
-        self.num_emptied = 0
+        self.num_failed = 0
+        self._failing = {}      # index -> reason, of the images failed since the last success
+        self._warned = set()    # indices already reported in the log
 
     def _placeholder(self):
         return (np.zeros((1, 1, 3), np.uint8), np.int32(1), np.int32(1), np.zeros((0, 4), np.float32),
                 np.zeros((0,), np.int32), np.zeros((0, 1, 1), np.uint8), np.zeros((0, 4), np.float32),
                 False)
 
-    def read(self, path: str):
-        """BGR uint8 (h, w, 3) or None when the file is missing or cannot be decoded."""
-        try:
-            with open(path, "rb") as f:
-                data = np.frombuffer(f.read(), np.uint8)
-        except OSError as e:
-            logger.warning("Skipping image %s: cannot read it (%s)", path, e)
-            return None
-        image = cv2.imdecode(data, cv2.IMREAD_COLOR) if data.size else None
-        if image is None:
-            logger.warning("Skipping image %s: cannot decode it (corrupt or truncated)", path)
-        return image
+    def _fail(self, index: int, reason: str):
+        """Placeholder for a failed image; raises once every image failed since a success.
+
+        reason: a message naming the file.
+        """
+        with self._lock:
+            self.num_failed += 1
+            self._failing[index] = reason
+            first = index not in self._warned
+            self._warned.add(index)
+            hopeless = len(self._failing) == len(self.dicts)
+        if first:
+            logger.warning("Skipping an image: %s (%d skips so far)", reason, self.num_failed)
+        if hopeless:
+            examples = "; ".join(list(self._failing.values())[:3])
+            raise NoUsableImageError(
+                f"None of the {len(self.dicts)} training images can be used (each failed since "
+                f"the last one that loaded), e.g. {examples}. Training stops.")
+        return self._placeholder()
 
     def __call__(self, index, short, flip):
-        record = self.dicts[int(index)]
-        image = self.read(record["file_name"])
-        if image is None:
-            with self._lock:
-                self.num_unreadable += 1
-            return self._placeholder()
+        index = int(index)
+        record = self.dicts[index]
+        try:
+            image = read_image(record["file_name"])
+        except ImageReadError as e:
+            return self._fail(index, str(e))
         if self.rgb:  # INPUT.FORMAT "RGB"; detectron2's default and ours is BGR
             image = image[:, :, ::-1]
         h, w = image.shape[:2]
         if (h, w) != (record.get("height", h), record.get("width", w)):
-            logger.warning("Image %s is %dx%d but its record says %dx%d; using the decoded size",
-                           record["file_name"], h, w, record["height"], record["width"])
+            return self._fail(index, f"{record['file_name']} decodes to {h}x{w}, its record "
+                                     f"says {record['height']}x{record['width']} (changed since "
+                                     f"the data set check?)")
         new_h, new_w = T.resize_shortest_edge_shape(h, w, int(short), self.max_size)
         params = T.TransformParams(h, w, new_h, new_w, bool(flip))
         targets = T.transform_annotations(record.get("annotations", []), params, self.with_masks)
         g = len(targets["classes"])
         if g == 0:
-            with self._lock:
-                self.num_emptied += 1
-                count = self.num_emptied
-            logger.info("Skipping image %s: no instance left after the transform (%d so far)",
-                        record["file_name"], count)
-            return self._placeholder()
+            return self._fail(index, f"{record['file_name']}: no instance left after the "
+                                     f"transform")
+        with self._lock:
+            self._failing.clear()
         if g > self.max_instances:
             # detectron2 has no cap; ours bounds the padded batch. Keep the first ones.
             logger.debug("Image %s: keeping %d of %d instances", record["file_name"],
@@ -170,6 +182,10 @@ class ImageLoader:
         masks = targets["masks"] if self.with_masks else np.zeros((0, 1, 1), np.uint8)
         return (np.ascontiguousarray(image), np.int32(new_h), np.int32(new_w), targets["boxes"],
                 targets["classes"], masks, targets["crowd_boxes"], True)
+
+
+class NoUsableImageError(RuntimeError):
+    """Every image of the training set failed to load since the last one that did."""
 
 
 def _round_up(x, k):

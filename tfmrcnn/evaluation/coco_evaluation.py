@@ -252,7 +252,8 @@ class COCOEvaluator:
         return self._label_to_category_id
 
     def reset(self):
-        self._predictions = []          # [{"image_id": id, "instances": [result dicts]}]
+        # [{"image_id": id, "size": [h, w] of the input, "instances": [result dicts]}]
+        self._predictions = []
 
     def process(self, inputs, outputs):
         """inputs: dataset dicts (image_id, height, width); outputs: postprocessed dicts."""
@@ -261,8 +262,21 @@ class COCOEvaluator:
             if isinstance(image_id, np.integer):     # json cannot write numpy integers
                 image_id = int(image_id)
             self._predictions.append({
-                "image_id": image_id,
+                "image_id": image_id, "size": [int(inp["height"]), int(inp["width"])],
                 "instances": instances_to_coco_json(out, image_id, self.label_to_category_id)})
+
+    def _score_in_input_frame(self, predictions):
+        """Give the ground truth the image sizes the detections were made in.
+
+        They differ from the json's only for images whose json size is wrong and which the
+        data set check let through under DATASETS.TRUST_IMAGE_SIZE; pycocotools rasterises
+        ground-truth polygons at the json's size, so it gets the file's.
+        """
+        for p in predictions:
+            img = self.coco_gt.imgs.get(p["image_id"])
+            size = p.get("size")
+            if img is not None and size and [img["height"], img["width"]] != list(size):
+                img["height"], img["width"] = int(size[0]), int(size[1])
 
     def _gather(self):
         """All ranks' predictions on rank 0 (None elsewhere), through shard files."""
@@ -292,6 +306,7 @@ class COCOEvaluator:
         if predictions is None:
             return {}
         start = time.perf_counter()
+        self._score_in_input_frame(predictions)
         by_image = {}
         for p in predictions:
             by_image.setdefault(p["image_id"], p["instances"])    # first occurrence wins

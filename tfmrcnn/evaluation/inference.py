@@ -16,9 +16,9 @@ import concurrent.futures
 import logging
 import time
 
-import cv2
 import numpy as np
 
+from tfmrcnn.data.image_io import read_image
 from tfmrcnn.data.resize import prepare_eval_images
 from tfmrcnn.distributed import world
 from tfmrcnn.inference.postprocess import detector_postprocess, unbatch_outputs
@@ -45,11 +45,9 @@ def get_dataset_dicts(dataset):
 
 
 def read_image_bgr(path):
-    """(H, W, 3) uint8 BGR; raises if the file cannot be read (evaluation must not skip images)."""
-    image = cv2.imread(path, cv2.IMREAD_COLOR)
-    if image is None:
-        raise FileNotFoundError(f"cannot read image {path}")
-    return image
+    """(H, W, 3) uint8 BGR; raises ImageReadError (an OSError) if the file cannot be read whole
+    (evaluation must not skip images). The one strict decoder: tfmrcnn.data.image_io."""
+    return read_image(path)
 
 
 def inference_callable(model):
@@ -62,25 +60,28 @@ def inference_callable(model):
 
 
 def _load_batch(records, cfg):
+    """(records, images, image_sizes). Each record gets the decoded image's height/width:
+    detections are rescaled to the image actually read (the data set check makes it equal
+    the json's unless DATASETS.TRUST_IMAGE_SIZE, where the file's size is the one to use)."""
     images = [read_image_bgr(r["file_name"]) for r in records]
+    records = [dict(r, height=im.shape[0], width=im.shape[1]) for r, im in zip(records, images)]
     if cfg.INPUT.FORMAT == "RGB":
         images = [im[:, :, ::-1] for im in images]
-    return prepare_eval_images(images, cfg.INPUT.MIN_SIZE_TEST, cfg.INPUT.MAX_SIZE_TEST,
-                               cfg.INPUT.SIZE_DIVISIBILITY)
+    return (records, *prepare_eval_images(images, cfg.INPUT.MIN_SIZE_TEST,
+                                          cfg.INPUT.MAX_SIZE_TEST, cfg.INPUT.SIZE_DIVISIBILITY))
 
 
 def _batches(records, batch_size, cfg, executor):
-    """Yield (records, images, image_sizes), loading up to _PREFETCH_BATCHES ahead."""
+    """Yield _load_batch's (records, images, image_sizes), loading up to _PREFETCH_BATCHES
+    ahead."""
     chunks = [records[i:i + batch_size] for i in range(0, len(records), batch_size)]
     pending = collections.deque()
     for chunk in chunks:
-        pending.append((chunk, executor.submit(_load_batch, chunk, cfg)))
+        pending.append(executor.submit(_load_batch, chunk, cfg))
         if len(pending) > _PREFETCH_BATCHES:
-            chunk0, future = pending.popleft()
-            yield (chunk0, *future.result())
+            yield pending.popleft().result()
     while pending:
-        chunk0, future = pending.popleft()
-        yield (chunk0, *future.result())
+        yield pending.popleft().result()
 
 
 def _to_host(outputs):
