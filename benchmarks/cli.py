@@ -31,7 +31,8 @@ from benchmarks.common import time_calls
 from benchmarks.compare import comparison_table
 
 # the modules of benchmarks/ that are sections, in the order they run
-SECTIONS = ("conv3x3", "input_pipeline", "model", "paste", "reference", "roi_align", "scaling")
+SECTIONS = ("allocator", "conv3x3", "input_pipeline", "model", "paste", "reference", "roi_align",
+            "scaling")
 
 
 def load_section(name):
@@ -96,6 +97,9 @@ def main(argv=None):
                         help="wall time, or CPU time of the process (all threads)")
     parser.add_argument("--quick", action="store_true", help="small sizes (smoke test)")
     args = parser.parse_args(argv)
+    from tfmrcnn.utils.launch import reexec_with_allocator
+
+    reexec_with_allocator(argv)  # tcmalloc from the process start (tfmrcnn/utils/launch.py)
     unknown = [s for s in args.sections if s not in SECTIONS]
     if unknown:
         parser.error("unknown section(s) %s; available: %s" % (", ".join(unknown),
