@@ -165,3 +165,16 @@ def test_shapes_demo_config():
     assert cfg.DATASETS.TRAIN == ("shapes_train",) and cfg.DATASETS.TEST == ("shapes_val",)
     assert cfg.INPUT.MIN_SIZE_TRAIN == (192,) and cfg.SOLVER.IMS_PER_BATCH == 4
     assert max(cfg.SOLVER.STEPS) < cfg.SOLVER.MAX_ITER
+
+
+@pytest.mark.parametrize("override", ["SOLVER.MAX_ITER=-5", "SOLVER.BASE_LR=-0.01",
+                                      "SOLVER.IMS_PER_BATCH=0", "SOLVER.BASE_LR=.nan"])
+def test_values_out_of_range_are_refused(override):
+    """Issue 20: MAX_ITER=-5 printed 'from iteration 5 to -5' and exited 0; a negative LR
+    was accepted."""
+    from tfmrcnn.config import ConfigError
+
+    key = override.split("=")[0]
+    with pytest.raises(ConfigError, match=f"{key}=.* is not allowed: it must be >= "):
+        load_config(overrides=[override])
+    assert load_config(overrides=["SOLVER.MAX_ITER=0", "SOLVER.BASE_LR=0"]).SOLVER.MAX_ITER == 0

@@ -39,6 +39,14 @@ def test_circular_base_is_an_error(tmp_path):
         load_config(b)
 
 
+@pytest.mark.parametrize("base", ['["a.yaml", "b.yaml"]', "3", "{x: 1}"])
+def test_base_that_is_not_one_path_is_an_error(tmp_path, base):
+    """Issue 20: `_BASE_: [list]` gave a raw TypeError traceback."""
+    path = _write(tmp_path, "c.yaml", f"_BASE_: {base}\nSEED: 1\n")
+    with pytest.raises(ConfigError, match=f"_BASE_ in config file {path} must be one file path"):
+        load_config(path)
+
+
 def test_tensorpack_and_detectron2_override_styles():
     tp = load_config(overrides=["SOLVER.BASE_LR=0.01", "INPUT.MIN_SIZE_TRAIN=[600, 700]",
                                 "MODEL.MASK_ON=false", "OUTPUT_DIR=/tmp/x=y"])

@@ -32,6 +32,15 @@ def test_unknown_config_key_is_reported(capsys):
     assert "SOLVER.BASE_LR" in capsys.readouterr().err
 
 
+def test_negative_max_iter_is_refused_before_anything_runs(tmp_path, capsys):
+    """Issue 20: SOLVER.MAX_ITER=-5 printed 'from iteration 5 to -5' and exited 0."""
+    rc = main(["--config-file", str(ROOT / "configs" / "shapes_demo_cpu.yaml"),
+               "SOLVER.MAX_ITER=-5", f"OUTPUT_DIR={tmp_path / 'out'}"])
+    assert rc == 2
+    assert "SOLVER.MAX_ITER=-5 is not allowed" in capsys.readouterr().err
+    assert not (tmp_path / "out").exists()
+
+
 @pytest.mark.slow
 def test_train_evaluate_draw_and_resume(tmp_path):
     env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2", PYTHONPATH=str(ROOT),

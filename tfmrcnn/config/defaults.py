@@ -3,7 +3,8 @@
 Key names and default values are detectron2's (``detectron2/config/defaults.py`` overlaid with
 ``configs/Base-RCNN-FPN.yaml`` and ``mask_rcnn_R_50_FPN_1x.yaml``), so ``get_cfg()`` already
 describes Mask R-CNN R50-FPN 1x. Keys that detectron2 does not have live in ``TRAINER`` (and
-``INPUT.SIZE_DIVISIBILITY``, ``TEST.BF16_INFERENCE``, ``MODEL.WINOGRAD``).
+``INPUT.SIZE_DIVISIBILITY``, ``TEST.BF16_INFERENCE``, ``MODEL.WINOGRAD``,
+``DATASETS.TRUST_IMAGE_SIZE``, ``DATASETS.SKIP_BAD_IMAGES``).
 
 Usage::
 
@@ -11,9 +12,11 @@ Usage::
     cfg.SOLVER.BASE_LR            # 0.01; the tree is frozen
     cfg.SOLVER.BASE_LRR           # ConfigKeyError: ... Did you mean 'SOLVER.BASE_LR'?
 """
-from tfmrcnn.config.node import CfgNode
+import functools
 
-__all__ = ["get_cfg", "load_config"]
+from tfmrcnn.config.node import CfgNode, ConfigError
+
+__all__ = ["get_cfg", "load_config", "check_values"]
 
 _C = CfgNode(new_allowed=True)
 
@@ -217,11 +220,29 @@ def get_cfg():
     return _DEFAULTS.clone().defrost()
 
 
+# Lowest allowed value of keys where a value below makes no sense (a negative MAX_ITER used to
+# print "from iteration 5 to -5" and exit 0, a negative LR trained uphill); checked by
+# load_config, so every command refuses such a config before it starts.
+LOWER_BOUNDS = (("SOLVER.MAX_ITER", 0), ("SOLVER.BASE_LR", 0.0), ("SOLVER.IMS_PER_BATCH", 1),
+                ("SOLVER.WARMUP_ITERS", 0), ("SOLVER.CHECKPOINT_PERIOD", 0),
+                ("SOLVER.WEIGHT_DECAY", 0.0))
+
+
+def check_values(cfg):
+    """Raise ConfigError naming the first key of LOWER_BOUNDS whose value is below its bound."""
+    for key, lowest in LOWER_BOUNDS:
+        value = functools.reduce(getattr, key.split("."), cfg)
+        if not value >= lowest:  # also refuses NaN
+            raise ConfigError(f"{key}={value} is not allowed: it must be >= {lowest}")
+
+
 def load_config(path=None, overrides=()):
-    """Default tree, merged with the yaml file (if any) then the overrides; returned frozen."""
+    """Default tree, merged with the yaml file (if any) then the overrides, its values checked
+    (check_values); returned frozen."""
     cfg = get_cfg()
     if path:
         cfg.merge_from_file(path)
     if overrides:
         cfg.merge_from_list(list(overrides))
+    check_values(cfg)
     return cfg.freeze()

@@ -366,6 +366,9 @@ def load_yaml_with_base(path, _seen=()):
     base = data.pop(_BASE_KEY, None)
     if base is None:
         return data
+    if not isinstance(base, str):  # detectron2 too takes one base file, not a list
+        raise ConfigError(f"{_BASE_KEY} in config file {path} must be one file path, got "
+                          f"{type(base).__name__} {base!r}")
     base_path = os.path.join(os.path.dirname(path), os.path.expanduser(base))
     return _merge_dicts(load_yaml_with_base(base_path, _seen + (path,)), data)
 
