@@ -1,12 +1,15 @@
 """Checkpoints: round trip, atomicity (temp leftovers, truncated newest), initial weights."""
+import json
 import logging
 import os
+import re
 
 import numpy as np
 import pytest
 import tensorflow as tf
 
-from tfmrcnn.checkpoint.weights_io import read_weights, save_weights
+from tfmrcnn.checkpoint.weights_io import META_KEY, WeightsError, read_weights, save_weights
+from tfmrcnn.modeling.layers import named_variables
 from tfmrcnn.checkpoint.checkpointer import POINTER_FILE, Checkpointer, checkpoint_name
 from engine_toy import ToyModel
 
@@ -76,3 +79,53 @@ def test_initial_weights_skip_mismatched_shapes_by_name(tmp_path, caplog):
     np.testing.assert_array_equal(model.w.numpy(), src.w.numpy())
     np.testing.assert_array_equal(model.b.numpy(), bias_before)
     assert "head.fc.bias" in caplog.text and "(7,)" in caplog.text
+
+
+def test_non_finite_checkpoints_are_never_written_nor_resumed(tmp_path, caplog):
+    model, slot, ck = _ckpt(tmp_path)
+    good = ck.save(5, [5], seed=1)
+    model.w.assign(tf.fill(model.w.shape, np.nan))
+    with pytest.raises(WeightsError, match="NaN or inf in head.fc.weight"):
+        ck.save(10, [10], seed=1)
+    assert sorted(os.listdir(tmp_path)) == sorted(
+        [POINTER_FILE, "model_0000004.npz", "model_0000004.train_state.npz"])
+    # a poisoned newest checkpoint left by an older tfmrcnn: skipped, with the reason
+    arrays, meta = read_weights(good)
+    arrays["head.fc.weight"] = np.full_like(arrays["head.fc.weight"], np.nan)
+    poisoned = str(tmp_path / "model_0000009.npz")
+    np.savez(poisoned, **arrays, **{META_KEY: np.array(json.dumps(meta))})
+    os.link(good.replace(".npz", ".train_state.npz"), poisoned.replace(".npz", ".train_state.npz"))
+    (tmp_path / POINTER_FILE).write_text("model_0000009.npz")
+    with caplog.at_level(logging.WARNING, logger="tfmrcnn.checkpoint.checkpointer"):
+        path, _, _ = ck.find_latest()
+    assert path == good
+    assert "Ignoring checkpoint" in caplog.text and "NaN or inf" in caplog.text
+
+
+@pytest.mark.parametrize("how", ["truncated", "nan"])
+def test_broken_initial_weights_are_an_error_naming_the_file(tmp_path, how):
+    """MODEL.WEIGHTS: a truncated file was a BadZipFile traceback, NaN weights loaded silently."""
+    _, _, ck = _ckpt(tmp_path)
+    path = str(tmp_path / "init.npz")
+    arrays = {k: v.numpy() for k, v in named_variables(ToyModel(seed=3)).items()}
+    if how == "nan":
+        arrays["head.fc.bias"] = np.full_like(arrays["head.fc.bias"], np.nan)
+        np.savez(path, **arrays)
+    else:
+        save_weights(path, arrays)
+        data = open(path, "rb").read()
+        open(path, "wb").write(data[:len(data) - 40])
+    with pytest.raises(WeightsError, match=re.escape(path)):
+        ck.load_initial_weights(path)
+
+
+def test_checkpoint_files_get_the_umask_mode(tmp_path):
+    """They were 0600 (mkstemp) whatever the umask, unreadable to a group sharing the run."""
+    _, _, ck = _ckpt(tmp_path)
+    old = os.umask(0o022)
+    try:
+        ck.save(5, [5], seed=1)
+    finally:
+        os.umask(old)
+    for name in os.listdir(tmp_path):
+        assert os.stat(tmp_path / name).st_mode & 0o777 == 0o644, name

@@ -1,18 +1,14 @@
 """tfmrcnn-predict on a folder with a random-weight model: pictures, COCO results, bad files."""
 import json
 import os
-import pathlib
-import sys
 
 import cv2
 import numpy as np
 import pycocotools.mask as mask_util
 import pytest
 
-sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1] / "export"))
-import toy_model_dir as toy  # noqa: E402
-
-from tfmrcnn.cli.predict import list_images, main, picture_names  # noqa: E402
+import toy_model_dir as toy
+from tfmrcnn.cli.predict import list_images, main, picture_names
 
 
 @pytest.fixture(scope="module")

@@ -13,26 +13,33 @@ Both are written with `tfmrcnn.checkpoint.weights_io.write_npz` (a temporary fil
 fsync'ed and renamed: `tfmrcnn.utils.file_io.atomic_write`);
 then the pointer file ``last_checkpoint`` (holding the weights file name) is replaced the same
 way. Reading tries the pointer's checkpoint, then every other one from the newest down, and
-skips any that cannot be read completely (a checkpoint interrupted mid-write, a truncated file);
-``.tmp-*`` leftovers never match the checkpoint names.
+skips any that cannot be read completely (a checkpoint interrupted mid-write, a truncated file)
+or holds NaN/inf values; ``.tmp-*`` leftovers never match the checkpoint names (and are removed
+by `atomic_write` once stale).
+
+Which states become checkpoints is the trainer's decision (`tfmrcnn.engine.trainer`: only
+finite, non-exploding ones); `snapshot` + `write` let it copy a state now and write it once
+the next iteration has shown that those weights give a healthy loss.
 """
 from __future__ import annotations
 
 import logging
 import os
 import re
+from dataclasses import dataclass
 from typing import Dict, List
 
 import numpy as np
 import tensorflow as tf
 
 from tfmrcnn.checkpoint.model_dir import WEIGHTS_FILENAME
-from tfmrcnn.checkpoint.weights_io import (WeightsError, load_weights, read_npz, read_weights,
-                                           save_weights, write_npz)
+from tfmrcnn.checkpoint.weights_io import (WeightsError, load_weights, non_finite_keys, read_npz,
+                                           read_weights, save_weights, write_npz)
 from tfmrcnn.converter.zoo import resolve_weights
+from tfmrcnn.modeling.layers import named_variables
 from tfmrcnn.utils.file_io import atomic_write
 
-__all__ = ["Checkpointer", "POINTER_FILE", "checkpoint_name"]
+__all__ = ["Checkpointer", "CheckpointSnapshot", "POINTER_FILE", "checkpoint_name"]
 
 logger = logging.getLogger(__name__)
 
@@ -50,6 +57,20 @@ def _state_path(weights_path: str) -> str:
     return weights_path[:-len(".npz")] + STATE_SUFFIX
 
 
+@dataclass
+class CheckpointSnapshot:
+    """One checkpoint in host memory: detectron2-named weights, ``optimizer/<name>`` state
+    arrays, the train-state metadata and the config text (see the module docstring)."""
+    iteration: int
+    weights: Dict[str, np.ndarray]
+    state: Dict[str, np.ndarray]
+    meta: dict
+    config_text: str = ""
+
+    def non_finite_keys(self) -> List[str]:
+        return non_finite_keys({**self.weights, **self.state})
+
+
 class Checkpointer:
     """Saves and restores model weights + named optimizer/trainer variables in ``output_dir``.
 
@@ -63,21 +84,38 @@ class Checkpointer:
         self.state_variables = dict(state_variables)
 
     # ------------------------------------------------------------------ writing
-    def save(self, iteration_done: int, data_positions: List[int], seed: int,
-             config_text: str = "", final: bool = False) -> str:
-        """Write one checkpoint (call on rank 0 only); returns the weights path."""
-        os.makedirs(self.output_dir, exist_ok=True)
-        path = os.path.join(self.output_dir, checkpoint_name(iteration_done, final))
-        meta = {"iteration": int(iteration_done), "data_positions": [int(p) for p in data_positions],
+    def snapshot(self, iteration_done: int, data_positions: List[int], seed: int,
+                 config_text: str = "") -> "CheckpointSnapshot":
+        """The current weights and state copied to host memory, to `write` now or later."""
+        meta = {"iteration": int(iteration_done),
+                "data_positions": [int(p) for p in data_positions],
                 "seed": int(seed), "world_size": len(data_positions)}
-        arrays = {f"optimizer/{k}": v.numpy() for k, v in self.state_variables.items()}
-        write_npz(_state_path(path), arrays, meta)
-        save_weights(path, self.model, meta={"iteration": int(iteration_done),
-                                             "source": "tfmrcnn-train", "config": config_text})
+        return CheckpointSnapshot(
+            iteration=int(iteration_done),
+            weights={k: v.numpy() for k, v in named_variables(self.model).items()},
+            state={f"optimizer/{k}": v.numpy() for k, v in self.state_variables.items()},
+            meta=meta, config_text=config_text)
+
+    def write(self, snap: "CheckpointSnapshot", final: bool = False) -> str:
+        """Write a snapshot as a checkpoint (rank 0 only), then point ``last_checkpoint`` at it;
+        returns the weights path. Non-finite values are refused before anything is written."""
+        path = os.path.join(self.output_dir, checkpoint_name(snap.iteration, final))
+        bad = snap.non_finite_keys()
+        if bad:
+            raise WeightsError(f"Not writing {path}: NaN or inf in {', '.join(bad[:10])}")
+        write_npz(_state_path(path), snap.state, snap.meta)
+        save_weights(path, snap.weights, meta={"iteration": snap.iteration,
+                                               "source": "tfmrcnn-train",
+                                               "config": snap.config_text})
         pointer = os.path.join(self.output_dir, POINTER_FILE)
         atomic_write(pointer, lambda f: f.write(os.path.basename(path).encode()))
-        logger.info("Saved checkpoint %s (iteration %d)", path, iteration_done)
+        logger.info("Saved checkpoint %s (iteration %d)", path, snap.iteration)
         return path
+
+    def save(self, iteration_done: int, data_positions: List[int], seed: int,
+             config_text: str = "", final: bool = False) -> str:
+        """`snapshot` then `write` at once (rank 0 only); returns the weights path."""
+        return self.write(self.snapshot(iteration_done, data_positions, seed, config_text), final)
 
     # ------------------------------------------------------------------ reading
     def candidates(self) -> List[str]:

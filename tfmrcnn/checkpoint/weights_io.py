@@ -8,6 +8,9 @@ with ``allow_pickle=False``, so a weights file can never run code.
 `write_npz` / `read_npz` are the one writer (atomic, `tfmrcnn.utils.file_io.atomic_write`) and
 the one reader of every `.npz` tfmrcnn writes: weights files, checkpoints and their training
 state (`tfmrcnn.checkpoint.checkpointer`), converted weights (`tfmrcnn.converter.convert`).
+Every value must be finite: NaN or inf is refused when writing and is an error when reading
+(so diverged weights can neither be saved nor silently predict nothing), and a file that
+cannot be read completely (truncated, corrupted) is a `WeightsError` naming it.
 """
 from __future__ import annotations
 
@@ -21,7 +24,7 @@ from tfmrcnn.utils.file_io import atomic_write
 
 __all__ = [
     "FORMAT_VERSION", "META_KEY", "WeightsError", "LoadReport",
-    "write_npz", "read_npz", "save_weights", "read_weights", "read_meta", "load_weights",
+    "non_finite_keys", "write_npz", "read_npz", "save_weights", "read_weights", "read_meta", "load_weights",
 ]
 
 FORMAT_VERSION = 1
@@ -42,10 +45,23 @@ def _as_named_arrays(named_arrays_or_model) -> Dict[str, np.ndarray]:
             for key, value in items}
 
 
+def non_finite_keys(arrays: Mapping[str, np.ndarray]) -> List[str]:
+    """Keys of the floating-point arrays holding a NaN or an infinity, sorted."""
+    return sorted(k for k, v in arrays.items()
+                  if np.issubdtype(np.asarray(v).dtype, np.floating)
+                  and not np.isfinite(v).all())
+
+
 def write_npz(path: str, arrays: Mapping[str, np.ndarray], meta: dict) -> str:
-    """Write `arrays` plus `meta` (as the ``__meta__`` JSON entry) to `path` with `atomic_write`."""
+    """Write `arrays` plus `meta` (as the ``__meta__`` JSON entry) to `path` with `atomic_write`.
+
+    Non-finite values are refused (`WeightsError`), as `read_npz` would refuse them.
+    """
     if META_KEY in arrays:
         raise WeightsError(f"'{META_KEY}' is reserved for the metadata entry")
+    bad = non_finite_keys(arrays)
+    if bad:
+        raise WeightsError(f"Not writing {path}: " + _list("arrays with NaN or inf values", bad))
     entries = {**arrays, META_KEY: np.array(json.dumps(meta, sort_keys=True))}
     return atomic_write(path, lambda f: np.savez(f, **entries))
 
@@ -53,15 +69,27 @@ def write_npz(path: str, arrays: Mapping[str, np.ndarray], meta: dict) -> str:
 def read_npz(path: str) -> Tuple[Dict[str, np.ndarray], dict]:
     """(arrays without the metadata entry, metadata dict) of an `.npz` written by `write_npz`.
 
-    Every array is read here, so a truncated file fails now, naming `path`, not later.
+    Every array is read here, so a truncated or corrupted file fails now with a `WeightsError`
+    naming `path`, and so do NaN or infinite values (a diverged training's weights).
     """
     try:
         with np.load(path, allow_pickle=False) as data:
             arrays = {key: data[key] for key in data.files}
-    except (OSError, ValueError, EOFError) as e:
+        meta_arr = arrays.pop(META_KEY, None)
+        meta = json.loads(str(meta_arr)) if meta_arr is not None else {}
+    except OSError as e:  # missing, unreadable, a folder ...
         raise WeightsError(f"Cannot read {path}: {e}") from None
-    meta_arr = arrays.pop(META_KEY, None)
-    meta = json.loads(str(meta_arr)) if meta_arr is not None else {}
+    except Exception as e:  # noqa: BLE001 - see below
+        # Damaged bytes make zipfile/numpy raise almost anything: BadZipFile, EOFError,
+        # ValueError, struct or zlib errors, NotImplementedError (garbled flag bits),
+        # RuntimeError ("encrypted"), MemoryError (absurd sizes). All mean "unreadable file".
+        raise WeightsError(f"Cannot read {path}, not a complete .npz weights file (truncated "
+                           f"or corrupted?): {type(e).__name__}: {e}") from None
+    if not isinstance(meta, dict):
+        raise WeightsError(f"Cannot read {path}: its {META_KEY} entry is not a JSON object")
+    bad = non_finite_keys(arrays)
+    if bad:
+        raise WeightsError(f"{path} is unusable: " + _list("arrays with NaN or inf values", bad))
     return arrays, meta
 
 

@@ -209,6 +209,7 @@ def main(argv: Optional[List[str]] = None) -> int:
     import tensorflow as tf
 
     from tfmrcnn.data.pipeline import build_train_dataset
+    from tfmrcnn.checkpoint.weights_io import WeightsError
     from tfmrcnn.engine.trainer import Trainer
     from tfmrcnn.modeling.meta_arch import GeneralizedRCNN
 
@@ -223,7 +224,11 @@ def main(argv: Optional[List[str]] = None) -> int:
 
     trainer = Trainer(cfg, model, hvd, data_fn, eval_fn=eval_fn, vis_fn=vis_fn,
                       watchdog=Watchdog.from_env(rank))
-    trainer.resume_or_load(resume=args.resume or args.eval_only)
+    try:
+        trainer.resume_or_load(resume=args.resume or args.eval_only)
+    except WeightsError as e:  # MODEL.WEIGHTS unreadable, truncated, non-finite, or mismatched
+        logger.error("%s", e)
+        return 2
     if args.eval_only:
         trainer.broadcast_state()
     else:
