@@ -8,7 +8,8 @@ import struct
 import numpy as np
 import pytest
 
-from tfmrcnn.converter.safe_pickle import UnsafePickleError, safe_load, safe_loads
+from tfmrcnn.converter.safe_pickle import (MalformedPickleError, UnsafePickleError, safe_load,
+                                          safe_loads)
 
 
 class _RunsShell:
@@ -94,8 +95,8 @@ def test_python2_caffe2_pickle_needs_latin1(tmp_path):
     out = safe_loads(data, source="r50.pkl")
     np.testing.assert_array_equal(out["blobs"]["conv1_w"], values)
     assert out["tags"] == {"a"}
-    with pytest.raises(UnicodeDecodeError):
-        safe_loads(data, encoding="ascii")
+    with pytest.raises(MalformedPickleError, match="r50.pkl .*UnicodeDecodeError"):
+        safe_loads(data, source="r50.pkl", encoding="ascii")
     path = tmp_path / "r50.pkl"
     path.write_bytes(data)
     np.testing.assert_array_equal(safe_load(str(path))["blobs"]["conv1_w"], values)
@@ -106,3 +107,28 @@ def test_codecs_encode_only_latin1():
     evil = b"\x80\x02c_codecs\nencode\nX\x01\x00\x00\x00aX\x05\x00\x00\x00rot13\x86R."
     with pytest.raises(UnsafePickleError, match="latin1"):
         safe_loads(evil)
+
+
+def test_damaged_pickles_name_the_file(tmp_path):
+    """Issue 20: truncated or corrupted pickles gave raw tracebacks (EOFError,
+    UnicodeDecodeError, MemoryError ...); every one is now a MalformedPickleError naming the file,
+    which tfmrcnn-convert reports as an error line."""
+    from tfmrcnn.converter.convert import ConversionError, read_checkpoint
+
+    good = pickle.dumps({"model": {"a.weight": np.ones((4, 3), np.float32)}}, protocol=2)
+    rng = np.random.default_rng(0)
+    path = tmp_path / "damaged.pkl"
+    for trial in range(200):
+        data = bytearray(good)
+        for _ in range(int(rng.integers(1, 4))):
+            data[int(rng.integers(len(data)))] = int(rng.integers(256))
+        if trial % 3 == 0:
+            data = data[:int(rng.integers(1, len(data)))]
+        path.write_bytes(bytes(data))
+        try:
+            read_checkpoint(str(path))
+        except (ConversionError, UnsafePickleError) as e:
+            assert str(path) in str(e)
+    with pytest.raises(MalformedPickleError, match="damaged.pkl is not a readable pickle"):
+        path.write_bytes(good[:20])
+        safe_load(str(path))

@@ -18,11 +18,15 @@ from typing import Any, Callable, Dict, Tuple
 
 import numpy as np
 
-__all__ = ["UnsafePickleError", "safe_load", "safe_loads"]
+__all__ = ["UnsafePickleError", "MalformedPickleError", "safe_load", "safe_loads"]
 
 
 class UnsafePickleError(pickle.UnpicklingError):
     """The pickle refers to a global outside the allow-list."""
+
+
+class MalformedPickleError(pickle.UnpicklingError):
+    """The file is not a complete, well-formed pickle (truncated or corrupted)."""
 
 
 def _numpy_core():
@@ -85,9 +89,24 @@ class _RestrictedUnpickler(pickle.Unpickler):
 def safe_load(path: str, encoding: str = "latin1") -> Any:
     """Unpickle `path` allowing only NumPy arrays and builtin containers."""
     with open(path, "rb") as f:
-        return _RestrictedUnpickler(f, str(path), encoding).load()
+        return _load(_RestrictedUnpickler(f, str(path), encoding), str(path))
 
 
 def safe_loads(data: bytes, source: str = "<bytes>", encoding: str = "latin1") -> Any:
     """`safe_load` for in-memory bytes; `source` names the data in errors."""
-    return _RestrictedUnpickler(io.BytesIO(data), source, encoding).load()
+    return _load(_RestrictedUnpickler(io.BytesIO(data), source, encoding), source)
+
+
+def _load(unpickler: "_RestrictedUnpickler", source: str) -> Any:
+    """unpickler.load(); damaged bytes raise MalformedPickleError naming the source.
+
+    A corrupted pickle makes the unpickler raise almost anything (EOFError, UnicodeDecodeError,
+    MemoryError for a bogus length, ValueError, ...), which used to surface as a raw traceback.
+    """
+    try:
+        return unpickler.load()
+    except UnsafePickleError:
+        raise
+    except Exception as e:  # noqa: BLE001 - see the docstring
+        raise MalformedPickleError(f"{source} is not a readable pickle (truncated or corrupted?): "
+                                   f"{type(e).__name__}: {e}") from None
