@@ -97,13 +97,13 @@ def main(argv=None):
                         help="wall time, or CPU time of the process (all threads)")
     parser.add_argument("--quick", action="store_true", help="small sizes (smoke test)")
     args = parser.parse_args(argv)
-    from tfmrcnn.utils.launch import reexec_with_allocator
-
-    reexec_with_allocator(argv)  # tcmalloc from the process start (tfmrcnn/utils/launch.py)
     unknown = [s for s in args.sections if s not in SECTIONS]
     if unknown:
         parser.error("unknown section(s) %s; available: %s" % (", ".join(unknown),
                                                                ", ".join(SECTIONS)))
+    from tfmrcnn.utils.launch import reexec_with_allocator
+
+    reexec_with_allocator(argv)  # tcmalloc from the process start (tfmrcnn/utils/launch.py)
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     import tensorflow as tf
     tf.get_logger().setLevel("ERROR")  # sections build many tf.functions: no retracing notes

@@ -5,7 +5,8 @@ Figures are only comparable between runs on the same kind of machine: bfloat16 r
 instructions with AVX512-BF16 or AMX and is emulated on an AVX2-only host, and tcmalloc or
 jemalloc (preloaded) change both the speed and the resident set of allocation-heavy steps.
 
-Read from /proc (Linux); elsewhere the fields say "unknown". Standard library only.
+Read from /proc (Linux); elsewhere the fields say "unknown". The allocator is found by
+tfmrcnn.utils.launch (the one home of allocator choice and detection; no TensorFlow import).
 """
 from __future__ import annotations
 
@@ -18,8 +19,6 @@ ISA_EXTENSIONS = (
     ("AVX512-BF16", ("avx512_bf16",)),
     ("AMX", ("amx_tile", "amx_bf16")),  # the tile unit with its bfloat16 multiply
 )
-# (label, what its shared library's file name starts with) of the allocators looked for
-ALLOCATORS = (("tcmalloc", "libtcmalloc"), ("jemalloc", "libjemalloc"))
 
 
 def _read(path: str) -> str:
@@ -49,16 +48,14 @@ def isa_support(cpuinfo: str) -> dict:
     return {label: all(f in flags for f in needed) for label, needed in ISA_EXTENSIONS}
 
 
-def allocator(maps: str) -> str:
-    """The malloc replacement mapped into the process (/proc/<pid>/maps text), else glibc's."""
-    # a line: address perms offset dev inode [path]; anonymous mappings have no path
-    libraries = {os.path.basename(fields[5]) for fields in map(str.split, maps.splitlines())
-                 if len(fields) >= 6}
-    for label, prefix in ALLOCATORS:
-        found = sorted(lib for lib in libraries if lib.startswith(prefix))
-        if found:
-            return "%s (%s)" % (label, found[0])
-    return "glibc malloc" if maps else "unknown"
+def allocator(maps_path: str = "/proc/self/maps") -> str:
+    """The malloc replacement (tcmalloc, jemalloc) mapped into the process whose memory map is
+    `maps_path`, as its library's file name; else glibc's malloc."""
+    from tfmrcnn.utils.launch import loaded_allocator
+    if not os.path.exists(maps_path):
+        return "unknown"
+    library = loaded_allocator(maps_path)
+    return os.path.basename(library) if library else "glibc malloc"
 
 
 def describe() -> str:
@@ -72,5 +69,4 @@ def describe() -> str:
         ", ".join(has) or "none of them", ", ".join(lacks) or "none")
     return ("# machine: %s | %s | allocator: %s (this process; workers inherit LD_PRELOAD) | "
             "%d cpus online, %d usable by this process" % (
-                cpu_model(cpuinfo), isa, allocator(_read("/proc/self/maps")), os.cpu_count(),
-                usable))
+                cpu_model(cpuinfo), isa, allocator(), os.cpu_count(), usable))

@@ -45,18 +45,22 @@ def test_cpu_model():
     assert machine.cpu_model("") == "unknown CPU"
 
 
-def test_allocator_from_the_mapped_libraries():
+def test_allocator_from_the_mapped_libraries(tmp_path):
     glibc = ("7f1c2a000000-7f1c2a028000 r--p 00000000 08:01 1835 "
              "/usr/lib/x86_64-linux-gnu/libc.so.6\n"
              "7ffd5e9f0000-7ffd5ea11000 rw-p 00000000 00:00 0                          [stack]\n"
              "7f1c29e00000-7f1c29e21000 rw-p 00000000 00:00 0 \n")
-    assert machine.allocator(glibc) == "glibc malloc"
-    tcmalloc = glibc + ("7f1c2b000000-7f1c2b020000 r-xp 00000000 08:01 99 "
-                        "/usr/lib/x86_64-linux-gnu/libtcmalloc_minimal.so.4.5.9\n")
-    assert machine.allocator(tcmalloc) == "tcmalloc (libtcmalloc_minimal.so.4.5.9)"
-    jemalloc = glibc + "7f1c2c000000-7f1c2c020000 r-xp 00000000 08:01 98 /opt/lib/libjemalloc.so.2\n"
-    assert machine.allocator(jemalloc) == "jemalloc (libjemalloc.so.2)"
-    assert machine.allocator("") == "unknown"
+    maps = {"glibc": glibc,
+            "tcmalloc": glibc + ("7f1c2b000000-7f1c2b020000 r-xp 00000000 08:01 99 "
+                                 "/usr/lib/x86_64-linux-gnu/libtcmalloc_minimal.so.4.5.9\n"),
+            "jemalloc": glibc + ("7f1c2c000000-7f1c2c020000 r-xp 00000000 08:01 98 "
+                                 "/opt/lib/libjemalloc.so.2\n")}
+    for name, text in maps.items():
+        (tmp_path / name).write_text(text)
+    assert machine.allocator(str(tmp_path / "glibc")) == "glibc malloc"
+    assert machine.allocator(str(tmp_path / "tcmalloc")) == "libtcmalloc_minimal.so.4.5.9"
+    assert machine.allocator(str(tmp_path / "jemalloc")) == "libjemalloc.so.2"
+    assert machine.allocator(str(tmp_path / "no-such-maps")) == "unknown"  # not Linux
 
 
 def test_the_line_names_every_field():
