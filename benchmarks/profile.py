@@ -20,9 +20,10 @@ from __future__ import annotations
 import argparse
 import collections
 import contextlib
-import importlib
+import functools
 import os
 import re
+import sys
 import time
 from unittest import mock
 
@@ -43,52 +44,72 @@ def _setup(opts, overrides=()):
 
 
 # ---------------------------------------------------------------------- per-op trace
-_SCOPES = [  # (scope name, class, method) wrapped in tf.name_scope for the op profile
-    ("bottom_up", "tfmrcnn.modeling.backbone", "ResNet", "__call__"),
-    ("rpn_head", "tfmrcnn.modeling.rpn", "RPNHead", "__call__"),
-    ("rpn_targets", "tfmrcnn.modeling.rpn", "RPN", "label_and_sample_anchors"),
-    ("rpn_losses", "tfmrcnn.modeling.rpn", "RPN", "losses"),
-    ("rpn_proposals", "tfmrcnn.modeling.rpn", "RPN", "find_top_proposals"),
-    ("roi_sampler", "tfmrcnn.modeling.roi_heads", "ROISampler", "__call__"),
-    ("roialign", "tfmrcnn.modeling.poolers", "ROIPooler", "__call__"),
-    ("box_head", "tfmrcnn.modeling.roi_heads", "FastRCNNConvFCHead", "__call__"),
-    ("box_inference", "tfmrcnn.modeling.roi_heads", "FastRCNNOutputLayers", "inference"),
-    ("box_losses", "tfmrcnn.modeling.roi_heads", "FastRCNNOutputLayers", "losses"),
-    ("mask_head", "tfmrcnn.modeling.mask_head", "MaskRCNNConvUpsampleHead", "__call__"),
-    ("mask_targets", "tfmrcnn.modeling.mask_head", "mask_rcnn_targets", None),
+# (scope name, "Class.method" or "function" of tfmrcnn.modeling): wrapped in tf.name_scope
+# while the graph is built, so that op names tell their stage
+_SCOPES = [
+    ("bottom_up", "ResNet.__call__"),
+    ("rpn_head", "RPNHead.__call__"),
+    ("rpn_targets", "RPN.label_and_sample_anchors"),
+    ("rpn_losses", "RPN.losses"),
+    ("rpn_proposals", "RPN.find_top_proposals"),
+    ("roi_sampler", "ROISampler.__call__"),
+    ("roialign", "ROIPooler.__call__"),
+    ("box_head", "FastRCNNConvFCHead.__call__"),
+    ("box_inference", "FastRCNNOutputLayers.inference"),
+    ("box_losses", "FastRCNNOutputLayers.losses"),
+    ("mask_head", "MaskRCNNConvUpsampleHead.__call__"),
+    ("mask_targets", "mask_rcnn_targets"),
 ]
+_ABSENT = object()
+
+
+def _wrap_points(qualified: str):
+    """[(owner, attribute)] to replace for "Class.method" (the class, whichever
+    tfmrcnn.modeling module defines it) or "function" (every tfmrcnn.modeling module holding
+    it, since modules import it by name); [] when no module defines it."""
+    import tfmrcnn.modeling.meta_arch  # noqa: F401  imports every module the model uses
+    modules = {n: m for n, m in sorted(sys.modules.items())
+               if n.startswith("tfmrcnn.modeling.") and m is not None}
+    name, _, method = qualified.partition(".")
+    for module_name, module in modules.items():
+        obj = getattr(module, name, None)
+        if obj is None or getattr(obj, "__module__", None) != module_name:
+            continue
+        if method:
+            return [(obj, method)]
+        return [(m, name) for m in modules.values() if getattr(m, name, None) is obj]
+    return []
 
 
 @contextlib.contextmanager
 def named_scopes(tf):
-    """Wrap the stage methods in tf.name_scope so that op names tell their stage."""
-    import functools
-    undo = []
-    for scope, mod_name, attr, method in _SCOPES:
-        mod = importlib.import_module(mod_name)
-        owner, name = (getattr(mod, attr), method) if method else (mod, attr)
-        original = getattr(owner, name)
+    """Wrap the stage methods of _SCOPES in tf.name_scope so that op names tell their stage;
+    a stage the model no longer has is reported (its ops then count under "other")."""
+    undo = []  # (owner, attribute, what its own __dict__ held)
+    for scope, qualified in _SCOPES:
+        points = _wrap_points(qualified)
+        if not points:
+            print("# stage scope %r not applied: no tfmrcnn.modeling module defines %s "
+                  "(benchmarks/profile.py _SCOPES)" % (scope, qualified))
+            continue
+        original = getattr(*points[0])
 
-        def wrap(fn, scope=scope):
-            @functools.wraps(fn)
-            def wrapped(*a, **k):
-                with tf.name_scope(scope):
-                    return fn(*a, **k)
-            return wrapped
+        def wrapped(*a, _fn=original, _scope=scope, **k):
+            with tf.name_scope(_scope):
+                return _fn(*a, **k)
 
-        setattr(owner, name, wrap(original))
-        undo.append((owner, name, original))
-        if method is None:  # imported by name elsewhere
-            for other in ("tfmrcnn.modeling.roi_heads",):
-                m = importlib.import_module(other)
-                if getattr(m, attr, None) is original:
-                    setattr(m, attr, getattr(owner, name))
-                    undo.append((m, attr, original))
+        functools.update_wrapper(wrapped, original)
+        for owner, attribute in points:
+            undo.append((owner, attribute, vars(owner).get(attribute, _ABSENT)))
+            setattr(owner, attribute, wrapped)
     try:
         yield
     finally:
-        for owner, name, original in reversed(undo):
-            setattr(owner, name, original)
+        for owner, attribute, held in reversed(undo):
+            if held is _ABSENT:  # an inherited method: drop the override
+                delattr(owner, attribute)
+            else:
+                setattr(owner, attribute, held)
 
 
 def _scope_of(node_name):
