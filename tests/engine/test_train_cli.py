@@ -64,3 +64,46 @@ def test_train_evaluate_draw_and_resume(tmp_path):
     assert again.returncode == 0, again.stderr[-3000:]
     assert "| bbox |" in again.stdout
     assert f"Resumed from {out / 'model_final.npz'} at iteration 2" in (out / "log.txt").read_text()
+
+
+@pytest.mark.parametrize("how", ["files missing", "boxes outside"])
+def test_no_usable_training_image_stops_at_once(tmp_path, how):
+    """Issue 20: with no usable training image the input pipeline skipped empty batches forever
+    (after 240 s no iteration, 148,609 'Skipping image' lines); now training stops before the
+    model is built, with the reason."""
+    import json
+
+    from tfmrcnn.data.catalog import DatasetCatalog, MetadataCatalog, register_coco_instances
+
+    images = tmp_path / "images"
+    images.mkdir()
+    data = {"images": [{"id": i, "file_name": f"{i}.png", "height": 40, "width": 50}
+                       for i in (1, 2)],
+            "annotations": [{"id": 10 + i, "image_id": i, "category_id": 1, "iscrowd": 0,
+                             "bbox": [60, 5, 10, 10] if how == "boxes outside" else [5, 5, 10, 10],
+                             "area": 100.0, "segmentation": [[5, 5, 15, 5, 15, 15, 5, 15]]}
+                            for i in (1, 2)],
+            "categories": [{"id": 1, "name": "thing"}]}
+    if how == "boxes outside":
+        import cv2
+        import numpy as np
+
+        for i in (1, 2):
+            cv2.imwrite(str(images / f"{i}.png"), np.zeros((40, 50, 3), np.uint8))
+    (tmp_path / "set.json").write_text(json.dumps(data))
+    name = f"unusable_{how.replace(' ', '_')}"
+    register_coco_instances(name, {}, str(tmp_path / "set.json"), str(images))
+    try:
+        rc = main(["--config-file", str(ROOT / "configs" / "shapes_demo_cpu.yaml"),
+                   f"OUTPUT_DIR={tmp_path / 'out'}", f"DATASETS.TRAIN=('{name}',)",
+                   "DATASETS.TEST=()", "MODEL.ROI_HEADS.NUM_CLASSES=1"])
+    finally:
+        DatasetCatalog.remove(name)
+        MetadataCatalog.remove(name)
+    assert rc == 1
+    log = (tmp_path / "out" / "log.txt").read_text()
+    if how == "files missing":
+        assert "2 problems in 2 of 2 images" in log and f"{images / '1.png'}" in log
+    else:
+        assert "no usable training image among 2" in log
+    assert not list((tmp_path / "out").glob("model_*"))
