@@ -8,6 +8,9 @@ ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$ROOT"
 bash scripts/setup.sh
 export TF_CPP_MIN_LOG_LEVEL=2 PYTHONUNBUFFERED=1
+# tcmalloc for horovodrun and its ranks (TFMRCNN_ALLOCATOR=glibc to compare): on 2 cores glibc's
+# malloc costs ~40 % of the training time in page faults (tfmrcnn/utils/launch.py)
+eval "$(.venv/bin/python -m tfmrcnn.utils.launch env)"
 NP="${NP:-2}"
 # one intra-op thread per process: 2 processes x 1 thread fill the 2 cores without contention
 .venv/bin/horovodrun -np "$NP" -H "localhost:$NP" --gloo \

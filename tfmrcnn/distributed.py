@@ -22,9 +22,10 @@ import sys
 import threading
 import time
 
-__all__ = ["init_horovod", "horovod", "horovod_if_distributed", "world", "barrier",
-           "launcher_world_size", "check_world_size", "pin_devices", "cpu_cores_for_rank",
-           "set_process_affinity", "uses_sync_bn", "Watchdog", "LAUNCHER_SIZE_VARIABLES"]
+__all__ = ["init_horovod", "all_reduce_library", "horovod", "horovod_if_distributed", "world",
+           "barrier", "launcher_world_size", "check_world_size", "pin_devices",
+           "cpu_cores_for_rank", "set_process_affinity", "uses_sync_bn", "Watchdog",
+           "LAUNCHER_SIZE_VARIABLES"]
 
 logger = logging.getLogger(__name__)
 
@@ -104,7 +105,20 @@ def init_horovod(sync_bn: bool = False):
         raise SystemExit("Horovod is required (scripts/setup.sh builds it): " + str(e))
     hvd.init()
     check_world_size(hvd.size())
+    if _has_gpu() and all_reduce_library(hvd, gpu=True) != "NCCL":
+        logger.warning("GPU host, but this Horovod was built without NCCL: every all-reduce "
+                       "copies the gradients to host memory. Rebuild it on this host with "
+                       "`bash scripts/setup.sh` (HOROVOD_GPU_OPERATIONS=NCCL).")
     return hvd
+
+
+def all_reduce_library(hvd, gpu: bool) -> str:
+    """Which library carries the all-reduces: NCCL for the GPU tensors of a GPU host when
+    Horovod was built with it (Horovod then picks it by itself for GPU tensors), else Horovod's
+    CPU path, MPI or Gloo, whichever the launcher started."""
+    if gpu and hvd.nccl_built():
+        return "NCCL"
+    return "MPI" if hvd.mpi_enabled() else "Gloo"
 
 
 def horovod():
