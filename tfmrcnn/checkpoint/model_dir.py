@@ -5,30 +5,37 @@ Convention
 ``DIR/config.yaml`` is our config tree (`tfmrcnn.config.load_config`), ``DIR/model_final.npz``
 the weights (`tfmrcnn.checkpoint.weights_io`), both written by training or `tfmrcnn-convert`.
 ``DIR/class_names.txt`` (optional) holds one class name per line, contiguous label order.
+``DIR/classes.json`` (written by training and conversion when the classes are known) holds the
+name and dataset category id of each label and the data sets they came from
+(`tfmrcnn.data.class_metadata`): a model folder needs no dataset registration to be used.
 
 Class names of label k, first source that has exactly NUM_CLASSES names:
   1. an explicit names file (``--class-names``), one name per line;
   2. ``DIR/class_names.txt``;
-  3. ``thing_classes`` of the MetadataCatalog entry of ``DATASETS.TRAIN[0]``;
-  4. the 80 COCO names when NUM_CLASSES == 80 (a converted COCO model);
-  5. none: pictures show the numeric label.
+  3. ``DIR/classes.json``;
+  4. ``thing_classes`` of the MetadataCatalog entry of ``DATASETS.TRAIN[0]``;
+  5. the 80 COCO names when NUM_CLASSES == 80 (a converted COCO model);
+  6. none: pictures show the numeric label.
 
-Category id written for label k in COCO results: ``thing_contiguous_id_to_dataset_id`` of
-``DATASETS.TRAIN[0]``'s metadata when it has NUM_CLASSES entries, else the COCO ids when
-NUM_CLASSES == 80, else ``k + 1`` (ids 1..K, the usual COCO-style numbering).
+Category id written for label k in COCO results: ``DIR/classes.json``'s when it has
+NUM_CLASSES entries, else ``thing_contiguous_id_to_dataset_id`` of ``DATASETS.TRAIN[0]``'s
+metadata when it has NUM_CLASSES entries, else the COCO ids when NUM_CLASSES == 80, else
+``k + 1`` (ids 1..K, the usual COCO-style numbering).
 """
 from __future__ import annotations
 
 import os
 from typing import List, Mapping, Optional, Sequence, Tuple
 
-__all__ = ["CONFIG_FILENAME", "WEIGHTS_FILENAME", "CLASS_NAMES_FILENAME", "ModelDirError",
-           "model_dir_paths", "write_config", "write_model_dir", "load_model",
-           "read_class_names", "resolve_class_names", "label_to_category_id"]
+__all__ = ["CONFIG_FILENAME", "WEIGHTS_FILENAME", "CLASS_NAMES_FILENAME", "CLASSES_FILENAME",
+           "ModelDirError", "model_dir_paths", "write_config", "write_model_dir", "load_model",
+           "read_class_names", "write_classes", "read_classes", "resolve_class_names",
+           "label_to_category_id"]
 
 WEIGHTS_FILENAME = "model_final.npz"
 CONFIG_FILENAME = "config.yaml"
 CLASS_NAMES_FILENAME = "class_names.txt"
+CLASSES_FILENAME = "classes.json"
 
 
 class ModelDirError(FileNotFoundError):
@@ -93,6 +100,30 @@ def read_class_names(path: str) -> List[str]:
         return [line.strip() for line in f if line.strip()]
 
 
+def write_classes(model_dir: str, classes) -> str:
+    """Write DIR/classes.json (a `ClassMetadata`, atomically); returns its path."""
+    from tfmrcnn.utils.file_io import write_json
+
+    return write_json(os.path.join(model_dir, CLASSES_FILENAME), classes.to_json(), indent=1)
+
+
+def read_classes(model_dir: Optional[str]):
+    """DIR/classes.json as a `ClassMetadata`, None when absent; ValueError naming a bad file."""
+    import json
+
+    from tfmrcnn.data.class_metadata import ClassMetadata
+
+    path = os.path.join(model_dir, CLASSES_FILENAME) if model_dir else None
+    if path is None or not os.path.isfile(path):
+        return None
+    try:
+        with open(path, encoding="utf-8") as f:
+            data = json.load(f)
+    except (ValueError, UnicodeDecodeError) as e:
+        raise ValueError(f"{path}: not valid JSON: {e}") from None
+    return ClassMetadata.from_json(data, path)
+
+
 def _train_metadata(cfg):
     from tfmrcnn.data.catalog import MetadataCatalog
 
@@ -119,6 +150,9 @@ def resolve_class_names(cfg, model_dir: Optional[str] = None,
         names = read_class_names(os.path.join(model_dir, CLASS_NAMES_FILENAME))
         if len(names) == num_classes:
             return names
+    classes = read_classes(model_dir)
+    if classes is not None and len(classes) == num_classes:
+        return list(classes.thing_classes)
     meta = _train_metadata(cfg)
     names = meta.get("thing_classes") if meta is not None else None
     if names is not None and len(names) == num_classes:
@@ -128,11 +162,14 @@ def resolve_class_names(cfg, model_dir: Optional[str] = None,
     return None
 
 
-def label_to_category_id(cfg) -> List[int]:
+def label_to_category_id(cfg, model_dir: Optional[str] = None) -> List[int]:
     """Dataset category id of each contiguous label (see the module docstring)."""
     from tfmrcnn.data.catalog import COCO_CATEGORIES
 
     num_classes = int(cfg.MODEL.ROI_HEADS.NUM_CLASSES)
+    classes = read_classes(model_dir)
+    if classes is not None and len(classes) == num_classes:
+        return list(classes.category_ids)
     meta = _train_metadata(cfg)
     to_dataset = meta.get("thing_contiguous_id_to_dataset_id") if meta is not None else None
     if to_dataset is not None and len(to_dataset) == num_classes:

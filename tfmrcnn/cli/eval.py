@@ -27,7 +27,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="weights file to load instead of DIR/model_final.npz")
     data = p.add_mutually_exclusive_group()
     data.add_argument("--dataset", metavar="NAME",
-                      help="registered dataset name (default: the config's DATASETS.TEST[0])")
+                      help="registered dataset name or coco:JSON:IMAGES (default: the config's "
+                           "DATASETS.TEST[0])")
     data.add_argument("--json", metavar="J", help="COCO instances json (use with --images)")
     p.add_argument("--images", metavar="D", help="image directory of --json")
     p.add_argument("--output", "-o", metavar="OUT",
@@ -62,8 +63,10 @@ def _dataset_and_output(args, cfg):
         dataset = (args.json, args.images)
         tag = os.path.splitext(os.path.basename(args.json))[0]
     else:
+        from tfmrcnn.data.catalog import dataset_tag
+
         dataset = args.dataset or cfg.DATASETS.TEST[0]
-        tag = dataset
+        tag = dataset_tag(dataset)  # coco:JSON:IMAGES -> the json's stem
     output = args.output or os.path.join(args.model, "inference", tag)
     return dataset, output
 
@@ -125,6 +128,17 @@ def main(argv: Optional[List[str]] = None) -> int:
     tasks = ("bbox", "segm") if cfg.MODEL.MASK_ON else ("bbox",)
     evaluator = COCOEvaluator(dataset, output, tasks=tasks, verbose=(rank == 0),
                               per_category=not args.no_per_category)
+    from tfmrcnn.checkpoint.model_dir import read_classes
+    from tfmrcnn.data.class_metadata import classes_mismatch
+
+    try:  # results carry the json's category ids: its categories must be the model's classes
+        gt = evaluator.coco_gt
+        problem = classes_mismatch(read_classes(args.model), gt.loadCats(gt.getCatIds()))
+    except ValueError as e:  # an unreadable DIR/classes.json
+        problem = str(e)
+    if problem:
+        print(f"tfmrcnn-eval: error: {args.model} on {dataset}: {problem}", file=sys.stderr)
+        return 1
     metrics = inference_on_dataset(model, records, cfg, evaluator, batch_size=args.batch_size)
     if rank == 0:
         summary = {task: {k: metrics[task][k] for k in METRIC_NAMES}

@@ -31,7 +31,8 @@ from .infer_config import infer_cfg_from_shapes
 from .layouts import to_d2, to_tf
 from .safe_pickle import UnsafePickleError, safe_load
 from tfmrcnn.checkpoint.model_dir import (CONFIG_FILENAME, WEIGHTS_FILENAME, ModelDirError,
-                                          model_dir_paths, write_model_dir)
+                                          model_dir_paths, write_classes, write_model_dir)
+from tfmrcnn.data.class_metadata import training_classes
 from tfmrcnn.checkpoint.weights_io import read_weights
 from tfmrcnn.config import load_config
 from tfmrcnn.utils.file_io import atomic_write
@@ -327,6 +328,11 @@ def convert_checkpoint(model_path: str, output_dir: str, d2_config: Optional[str
     notes.append(f"wrote {len(arrays)} tensors "
                  f"({sum(a.size for a in arrays.values()):,} values) to {weights_path}")
     notes.append(f"wrote {config_path}")
+    # a detector's classes: COCO's 80 for a COCO model (DATASETS.TRAIN), unknown for others
+    classes = None if ckpt.backbone_only else training_classes(cfg)
+    if classes is not None:
+        notes.append(f"wrote {write_classes(output_dir, classes)} ({len(classes)} classes of "
+                     f"{', '.join(classes.datasets)})")
     for line in notes:
         log(line)
     return ConversionResult(weights_path, config_path, cfg.freeze(), ckpt, notes)
