@@ -62,6 +62,11 @@ def test_single_step_update_matches_reference(hvd, tmp_path):
     np.testing.assert_allclose(model.w.numpy(), w0 - lr * (gw.numpy() + 0.01 * w0), rtol=1e-5)
     np.testing.assert_allclose(model.b.numpy(), b0 - lr * (gb.numpy() + 1e-4 * b0), rtol=1e-5)
     np.testing.assert_allclose(model.g.numpy(), g0 - lr * gg.numpy(), rtol=1e-5)  # norm: no decay
+    # the model's metric is logged (from the step's forward pass) but never optimised
+    err = ref.predict(tf.constant(x)).numpy() - y
+    np.testing.assert_allclose(trainer.history.latest["toy/max_abs_error"], np.abs(err).max(),
+                               rtol=1e-5)
+    np.testing.assert_allclose(trainer.history.latest["total_loss"], float(total), rtol=1e-5)
 
 
 def test_resume_after_crash_continues_exactly(hvd, tmp_path):

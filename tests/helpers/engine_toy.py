@@ -1,8 +1,8 @@
 """A tiny stand-in detector for the training-loop tests: linear regression with named variables.
 
-``ToyModel`` has the interface the trainer needs (``compute_losses``, detectron2-style variable
-names, ``norm_variables``); ``toy_data_fn`` is a deterministic, position-addressable stream of
-batches like tfmrcnn.data.pipeline's.
+``ToyModel`` has the interface the trainer needs (``compute_losses`` with a training metric,
+detectron2-style variable names, ``norm_variables``); ``toy_data_fn`` is a deterministic,
+position-addressable stream of batches like tfmrcnn.data.pipeline's.
 """
 import numpy as np
 import tensorflow as tf
@@ -31,10 +31,14 @@ class ToyModel(tf.Module):
     def predict(self, x):
         return (tf.matmul(x * self.g, self.w) + self.b)[:, 0]
 
-    def compute_losses(self, batch, training=True):
+    def compute_losses(self, batch, training=True, return_metrics=False):
+        """losses; with return_metrics, (losses, {"toy/max_abs_error"}) (logged, not optimised)."""
         err = self.predict(batch["images"]) - batch["targets"]
-        return {"loss_mse": tf.reduce_mean(tf.square(err)),
-                "loss_l1": 0.1 * tf.reduce_mean(tf.abs(err))}
+        losses = {"loss_mse": tf.reduce_mean(tf.square(err)),
+                  "loss_l1": 0.1 * tf.reduce_mean(tf.abs(err))}
+        if return_metrics:
+            return losses, {"toy/max_abs_error": tf.reduce_max(tf.abs(err))}
+        return losses
 
 
 def toy_batch(position, seed, batch_size):

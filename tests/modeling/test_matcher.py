@@ -1,9 +1,9 @@
-"""Matcher and subsample_labels against detectron2 golden vectors and NumPy references."""
+"""Matcher against detectron2 golden vectors and NumPy references."""
 import numpy as np
 import pytest
 import tensorflow as tf
 
-from tfmrcnn.modeling.matcher import Matcher, subsample_labels
+from tfmrcnn.modeling.matcher import Matcher
 
 
 def np_match(q, thresholds, labels, low_quality):
@@ -93,52 +93,3 @@ def test_in_tf_function_with_unknown_shapes():
         np.testing.assert_array_equal(m.numpy()[0], wm)
     assert f.experimental_get_tracing_count() == 1
 
-
-# ---------------------------------------------------------------- sampler
-def _random_labels(rng, shape, p):
-    return rng.choice([-1, 0, 1], size=shape, p=p).astype(np.int32)
-
-
-@pytest.mark.parametrize("p", [[0.1, 0.85, 0.05], [0.1, 0.1, 0.8], [0.9, 0.02, 0.08]])
-def test_sampler_counts_and_exclusivity(p):
-    rng = np.random.RandomState(3)
-    labels = _random_labels(rng, (2, 3, 600), p)
-    pos, neg = subsample_labels(labels, 256, 0.5, bg_label=0, seed=7)
-    pos, neg = pos.numpy(), neg.numpy()
-    n_pos, n_neg = (labels == 1).sum(-1), (labels == 0).sum(-1)
-    want_pos = np.minimum(n_pos, 128)
-    np.testing.assert_array_equal(pos.sum(-1), want_pos)
-    np.testing.assert_array_equal(neg.sum(-1), np.minimum(n_neg, 256 - want_pos))
-    assert not (pos & neg).any()
-    assert (labels[pos] == 1).all() and (labels[neg] == 0).all()
-
-
-def test_sampler_foreground_is_any_non_background_label():
-    # roi-head style: classes 0..K-1 are foreground, K = 3 is background
-    labels = np.array([[0, 1, 2, 3, 3, 3, -1, 2, 3, 1]], np.int32)
-    pos, neg = subsample_labels(labels, 6, 0.5, bg_label=3, seed=0)
-    assert pos.numpy().sum() == 3 and neg.numpy().sum() == 3
-    assert (labels[pos.numpy()] != 3).all() and (labels[pos.numpy()] >= 0).all()
-    assert (labels[neg.numpy()] == 3).all()
-
-
-def test_sampler_seed_determinism_and_randomness():
-    labels = np.zeros((1, 500), np.int32)
-    labels[0, :300] = 1
-    a = subsample_labels(labels, 64, 0.25, 0, seed=11)[0].numpy()
-    b = subsample_labels(labels, 64, 0.25, 0, seed=11)[0].numpy()
-    c = subsample_labels(labels, 64, 0.25, 0, seed=12)[0].numpy()
-    np.testing.assert_array_equal(a, b)
-    assert (a != c).any()
-    # uniform choice: over 400 draws (one batched call) each positive is picked ~16/300 of
-    # the time: mean 21.3, std 4.5
-    many = np.tile(labels, (400, 1))
-    hits = subsample_labels(many, 64, 0.25, 0, seed=13)[0].numpy()[:, :300].sum(0)
-    assert hits.sum() == 400 * 16 and 3 < hits.min() and hits.max() < 45
-
-
-def test_sampler_fewer_candidates_than_samples():
-    labels = np.array([[1, 0, -1, 0]], np.int32)
-    pos, neg = subsample_labels(labels, 256, 0.5, 0)
-    np.testing.assert_array_equal(pos.numpy(), [[True, False, False, False]])
-    np.testing.assert_array_equal(neg.numpy(), [[False, True, False, True]])

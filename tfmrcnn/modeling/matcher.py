@@ -1,4 +1,4 @@
-"""detectron2's Matcher and balanced positive/negative sampling, vectorised over leading dims.
+"""detectron2's Matcher, vectorised over leading dims (the sampling lives in sampling.py).
 
 Convention owned here
 ---------------------
@@ -71,55 +71,3 @@ class Matcher:
             is_best = tf.logical_and(tf.equal(q, best_per_gt), gt_valid[..., None])
             match_labels = tf.where(tf.reduce_any(is_best, axis=-2), 1, match_labels)
         return matches, match_labels
-
-
-@tf.autograph.experimental.do_not_convert
-def subsample_labels(labels, num_samples: int, positive_fraction: float, bg_label: int,
-                     seed: Optional[int] = None) -> Tuple[tf.Tensor, tf.Tensor]:
-    """detectron2's balanced sampling of every row of labels (..., N) int32.
-
-    Positives are labels not in {-1, bg_label}; negatives are labels == bg_label. Per row,
-    ``num_pos = min(#pos, int(num_samples * positive_fraction))`` and
-    ``num_neg = min(#neg, num_samples - num_pos)``, each chosen uniformly at random (the
-    top-k of random keys). A given ``seed`` makes it deterministic (stateless RNG): every call
-    then draws the same keys, which suits tests, not training (leave it None there).
-    Returns (pos_mask, neg_mask), bool, same shape as labels, disjoint.
-    """
-    labels = tf.convert_to_tensor(labels)
-    shape = tf.shape(labels)
-    n = shape[-1]
-    flat = tf.reshape(labels, [-1, n])  # (R, N)
-    positive = tf.logical_and(tf.not_equal(flat, -1), tf.not_equal(flat, bg_label))
-    negative = tf.equal(flat, bg_label)
-
-    max_pos = int(num_samples * positive_fraction)
-    num_pos = tf.minimum(_count(positive), max_pos)  # (R,)
-    num_neg = tf.minimum(_count(negative), num_samples - num_pos)
-
-    if seed is None:
-        keys = tf.random.uniform(tf.shape(flat))
-    else:
-        keys = tf.random.stateless_uniform(tf.shape(flat), seed=[int(seed), 0])
-    k = tf.minimum(num_samples, n)
-    pos_mask = _take_random(positive, num_pos, keys, k)
-    neg_mask = _take_random(negative, num_neg, keys, k)
-    return tf.reshape(pos_mask, shape), tf.reshape(neg_mask, shape)
-
-
-def _count(mask):
-    # (R, N) bool -> (R,) int32
-    return tf.reduce_sum(tf.cast(mask, tf.int32), axis=-1)
-
-
-def _take_random(candidates, count, keys, k):
-    """Mark `count` (R,) entries of each row of `candidates` (R, N): those with the largest keys.
-
-    k >= max(count) bounds the top-k; keys are in [0, 1) so non-candidates (-1) come last.
-    """
-    masked = tf.where(candidates, keys, -1.0)
-    _, idx = tf.math.top_k(masked, k=k)  # (R, k) distinct columns per row
-    take = tf.range(k)[None, :] < count[:, None]  # (R, k)
-    rows = tf.broadcast_to(tf.range(tf.shape(idx)[0])[:, None], tf.shape(idx))
-    hits = tf.scatter_nd(tf.stack([rows, idx], axis=-1), tf.cast(take, tf.int32),
-                         tf.shape(candidates))
-    return hits > 0

@@ -100,9 +100,11 @@ class GeneralizedRCNN(tf.Module):
         # in their own dtype: the ROI heads pool in float32 and run the heads in this dtype
         return [features[f] for f in self.roi_in_features]
 
-    def compute_losses(self, batch: Dict[str, tf.Tensor],
-                       training: bool = True) -> Dict[str, tf.Tensor]:
-        """Training batch (NOTES.md format) -> {loss name: float32 scalar}.
+    def compute_losses(self, batch: Dict[str, tf.Tensor], training: bool = True,
+                       return_metrics: bool = False):
+        """Training batch (NOTES.md format) -> {loss name: float32 scalar}; with
+        `return_metrics`, (losses, metrics): detectron2's training statistics (fast_rcnn/*,
+        roi_head/*), float32 scalars to log, never to optimise.
 
         `training` selects batch statistics in BN/SyncBN layers; the RPN and ROI heads always
         run their training path (target assignment, sampling, train-time top-k).
@@ -117,11 +119,13 @@ class GeneralizedRCNN(tf.Module):
         proposals, _, proposal_valid, rpn_losses = self.proposal_generator(
             [features[f] for f in self.rpn_in_features], image_sizes, training=True,
             gt_boxes=gt_boxes, gt_classes=gt_classes, crowd_boxes=crowd_boxes)
-        roi_losses = self.roi_heads.losses(
+        roi_losses, metrics = self.roi_heads.losses(
             self._roi_features(features), proposals, proposal_valid, image_sizes,
-            gt_boxes, gt_classes, gt_masks, crowd_boxes, training=training)
-        losses = {**rpn_losses, **roi_losses}
-        return {k: tf.cast(v, tf.float32) for k, v in losses.items()}
+            gt_boxes, gt_classes, gt_masks, crowd_boxes, training=training, return_metrics=True)
+        losses = {k: tf.cast(v, tf.float32) for k, v in {**rpn_losses, **roi_losses}.items()}
+        if return_metrics:
+            return losses, {k: tf.cast(v, tf.float32) for k, v in metrics.items()}
+        return losses
 
     def inference(self, images, image_sizes) -> Dict[str, tf.Tensor]:
         """images (B, Hp, Wp, 3), image_sizes (B, 2) -> detections in resized-image pixels:

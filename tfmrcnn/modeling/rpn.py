@@ -22,7 +22,8 @@ import tensorflow as tf
 from tfmrcnn.modeling import box_ops
 from tfmrcnn.modeling.anchors import DefaultAnchorGenerator
 from tfmrcnn.modeling.layers import Conv2D, NamedModule
-from tfmrcnn.modeling.matcher import Matcher, subsample_labels
+from tfmrcnn.modeling.matcher import Matcher
+from tfmrcnn.modeling.sampling import subsample_labels
 
 # anchors covered at least this much (intersection / anchor area) by a crowd region are ignored
 CROWD_IOA_THRESH = 0.5

@@ -8,8 +8,7 @@ from tfmrcnn.modeling.layers import Conv2D
 from tfmrcnn.modeling.mask_head import mask_rcnn_loss, mask_rcnn_targets
 from tfmrcnn.modeling.norm import FrozenBN, get_norm
 
-# helpers of the ROI-heads tests (same folder, on sys.path): small heads, features, a batch
-from test_roi_heads import _cfg, _features, _heads, _train_batch
+from roi_heads_toy import build_heads, features, small_cfg, train_batch
 
 EPS = 1e-5
 
@@ -89,7 +88,7 @@ def test_trainable_batch_norm_is_not_folded():
 def _padded_mask_loss(heads, feats, samples, gt_masks):
     """The previous computation: the mask head on all F slots of each image, the loss weighted
     by the foreground flag."""
-    f = heads.sampler.max_foreground
+    f = heads.max_foreground
     boxes = samples.boxes[:, :f]  # (B, F, 4)
     logits = heads._mask_logits(feats, boxes, True)  # (B*F, M, M, K)
     m = heads.mask_size
@@ -109,11 +108,11 @@ def _loss_and_grads(fn, heads, feats):
 
 def test_foreground_only_mask_loss_equals_padded_loss_and_gradients():
     rng = np.random.default_rng(3)
-    heads = _heads(_cfg(k=3, s=64, frac=0.5))  # F = 32 slots, fewer foreground ROIs
-    feats = _features(rng, 2)
-    proposals, valid, gt, gt_classes, masks, crowd = _train_batch(rng)
-    samples = heads.sampler(proposals, valid, gt, gt_classes, crowd)
-    fg = samples.foreground.numpy()[:, :heads.sampler.max_foreground]
+    heads = build_heads(small_cfg(k=3, s=64, frac=0.5))  # F = 32 slots, fewer foreground ROIs
+    feats = features(rng, 2)
+    proposals, valid, gt, gt_classes, masks, crowd = train_batch(rng)
+    samples = heads.label_and_sample_proposals(proposals, valid, gt, gt_classes, crowd)
+    fg = samples.foreground.numpy()[:, :heads.max_foreground]
     assert fg.sum(1).min() > 0 and not fg.all(1).any()  # real padding in both images
     new, new_grads = _loss_and_grads(
         lambda: heads._mask_loss(feats, samples, masks, True), heads, feats)
@@ -127,10 +126,10 @@ def test_foreground_only_mask_loss_equals_padded_loss_and_gradients():
 
 def test_foreground_only_mask_loss_in_graph_mode_and_without_foreground():
     rng = np.random.default_rng(4)
-    heads = _heads(_cfg(k=3, s=64))
-    feats = _features(rng, 2)
-    proposals, valid, gt, gt_classes, masks, crowd = _train_batch(rng)
-    samples = heads.sampler(proposals, valid, gt, gt_classes, crowd)
+    heads = build_heads(small_cfg(k=3, s=64))
+    feats = features(rng, 2)
+    proposals, valid, gt, gt_classes, masks, crowd = train_batch(rng)
+    samples = heads.label_and_sample_proposals(proposals, valid, gt, gt_classes, crowd)
     fspec = [tf.TensorSpec([None, None, None, 8], tf.float32)] * 4
     spec = type(samples)(*[tf.TensorSpec([None] * len(t.shape), t.dtype) for t in samples])
     loss_fn = tf.function(lambda f, s, m: heads._mask_loss(f, s, m, True), input_signature=[
@@ -148,10 +147,10 @@ def test_foreground_only_mask_loss_in_graph_mode_and_without_foreground():
 # ---------------------------------------------------------------- 3. ROI heads in bfloat16
 def test_roi_heads_run_in_bfloat16_with_float32_outputs():
     rng = np.random.default_rng(5)
-    heads = _heads(_cfg(k=3, s=64, d=8))
-    feats = _features(rng, 2)
+    heads = build_heads(small_cfg(k=3, s=64, d=8))
+    feats = features(rng, 2)
     low = [tf.cast(f, tf.bfloat16) for f in feats]
-    proposals, valid, gt, gt_classes, masks, crowd = _train_batch(rng)
+    proposals, valid, gt, gt_classes, masks, crowd = train_batch(rng)
     flat = tf.reshape(proposals, [-1, 4])
     index = tf.repeat(tf.range(2), 20)
     pooled = heads._pool(heads.box_pooler, low, flat, index)
