@@ -10,38 +10,82 @@ One process per device. Each iteration (detectron2 SimpleTrainer + hooks):
    (float16 loss scaling), clipped, and applied by our SGD with the LR of this iteration; the
    update is skipped when the averaged loss or a gradient is not finite (gradients are the same
    on every rank after the allreduce, so every rank takes the same decision);
-3. a non-finite loss stops training (``FloatingPointError`` naming the iteration; no checkpoint
-   is written, the previous one stays the latest); with float16 loss scaling a non-finite
-   gradient only lowers the scale;
+3. a non-finite loss stops training (``FloatingPointError`` naming the iteration, the last
+   good checkpoint and how to resume from it with a lower LR); with float16 loss scaling a
+   non-finite gradient only lowers the scale;
 4. hooks: log line + TensorBoard every LOG_PERIOD, checkpoint every CHECKPOINT_PERIOD and at the
    end, evaluation every TEST.EVAL_PERIOD, training images with predictions every VIS_PERIOD.
+
+Only healthy states become checkpoints (`LossHealth` has the criterion). The weights after
+iteration i are judged by the loss they give at iteration i + 1, so a periodic checkpoint is
+copied to host memory when due and written one iteration later, only if that iteration is
+healthy and every saved value is finite; otherwise it is dropped with a warning. The final
+checkpoint is written when the last iteration was healthy and its values are finite. So the
+newest checkpoint is always one to resume from: after a divergence, resuming (tfmrcnn-train's
+default) with a lower SOLVER.BASE_LR continues from the last healthy state, with nothing to
+delete by hand.
 
 Model variables, optimizer slots and the loss scale are broadcast from rank 0 before the first
 step (so every rank starts from the same weights, fresh or resumed) and once more after it.
 """
 from __future__ import annotations
 
+import collections
 import logging
 import math
+import os
 import random
+import statistics
 import time
 from typing import Callable, Dict, Optional
 
 import tensorflow as tf
 
-from tfmrcnn.checkpoint.checkpointer import Checkpointer
+from tfmrcnn.checkpoint.checkpointer import Checkpointer, checkpoint_name
 from tfmrcnn.distributed import Watchdog
 from tfmrcnn.engine.logger import MetricHistory, TensorBoardWriter, format_log_line
 from tfmrcnn.engine.solver import (DynamicLossScale, WarmupMultiStepLR, build_optimizer,
                                    clip_gradients)
 
-__all__ = ["Trainer", "make_train_step"]
+__all__ = ["Trainer", "LossHealth", "make_train_step"]
 
 logger = logging.getLogger(__name__)
 
 
 def _all_finite(tensors) -> tf.Tensor:
     return tf.reduce_all([tf.reduce_all(tf.math.is_finite(t)) for t in tensors])
+
+
+class LossHealth:
+    """Whether an iteration's losses show a healthy training state (worth checkpointing).
+
+    Criterion: an iteration is healthy when every loss is finite and the total loss is at most
+    ``EXPLOSION_RATIO`` (100) times the median total loss of the last ``window`` (20) healthy
+    iterations of this run; the first iteration of a run only has to be finite. Unhealthy
+    iterations never enter the reference, so a run that stays exploded stays unhealthy.
+    Detection losses move by a few times at most between iterations (they start around 1-5
+    and never approach 0); a hundredfold jump is divergence: with SOLVER.BASE_LR=1000 the
+    total loss goes from ~4 to ~1e18 in one iteration, then to NaN.
+    """
+
+    EXPLOSION_RATIO = 100.0
+
+    def __init__(self, window: int = 20):
+        self._healthy_totals = collections.deque(maxlen=window)
+
+    def judge(self, losses: Dict[str, float]) -> Optional[str]:
+        """None when healthy, else why not; healthy totals join the reference."""
+        bad = sorted(k for k, v in losses.items() if not math.isfinite(v))
+        if bad:
+            return "non-finite " + ", ".join(f"{k}={losses[k]}" for k in bad)
+        total = losses["total_loss"]
+        if self._healthy_totals:
+            reference = statistics.median(self._healthy_totals)
+            if total > self.EXPLOSION_RATIO * reference:
+                return (f"total_loss {total:.4g} is more than {self.EXPLOSION_RATIO:g} times "
+                        f"the recent median {reference:.4g} (exploding)")
+        self._healthy_totals.append(total)
+        return None
 
 
 def make_train_step(model, optimizer, schedule: WarmupMultiStepLR, cfg, hvd,
@@ -121,6 +165,11 @@ class Trainer:
         self.watchdog = watchdog or Watchdog(0.0, self.rank)
         self.tb = TensorBoardWriter(cfg.OUTPUT_DIR, cfg.TRAINER.TENSORBOARD and self.rank == 0)
         self.history = MetricHistory(window=20)
+        self.health = LossHealth()
+        # (iterations done, rank 0's CheckpointSnapshot or None) waiting for the next iteration
+        self._pending_checkpoint = None
+        self._last_problem: Optional[str] = None  # LossHealth's verdict on the last iteration
+        self.last_good_checkpoint: Optional[str] = None  # known on every rank
         self.last_metrics: Dict[str, float] = {}
         # callables (trainer, iterations done) run on every rank after each iteration's hooks
         self.after_step_hooks = []
@@ -142,6 +191,7 @@ class Trainer:
         if found is not None:
             path, state, meta = found
             self.checkpointer.restore(path, state)
+            meta = dict(meta, checkpoint=path)
             logger.info("Resumed from %s at iteration %d", path, meta["iteration"])
         elif self.rank == 0 and self.cfg.MODEL.WEIGHTS:
             self.checkpointer.load_initial_weights(self.cfg.MODEL.WEIGHTS)
@@ -151,6 +201,7 @@ class Trainer:
         meta = self.hvd.broadcast_object(meta, root_rank=0) if self.size > 1 else meta
         self.start_iter = int(meta["iteration"])
         self.seed = int(meta["seed"])
+        self.last_good_checkpoint = meta.get("checkpoint")
         positions = list(meta["data_positions"])
         if len(positions) != self.size:
             # another world size: per-rank positions do not transfer; every rank continues
@@ -163,12 +214,70 @@ class Trainer:
         return self.start_iter
 
     def save(self, final: bool = False) -> None:
-        """Checkpoint (collective: every rank must call it at the same iteration)."""
+        """Checkpoint the current state (collective: every rank calls it at the same iteration).
+
+        A periodic checkpoint is only copied here and written by `_settle_pending_checkpoint`
+        once the next iteration is known to be healthy; the final one is written now if the
+        last iteration was healthy (see the module docstring). Non-finite values are never
+        saved.
+        """
         done = int(self.iteration.numpy())
         mine = tf.constant([self.data_positions[self.rank]], tf.int64)
         positions = self.hvd.allgather(mine).numpy().tolist() if self.size > 1 else [int(mine[0])]
+        self._pending_checkpoint = None
+        # identical on every rank (same weights after the broadcast and the averaged updates)
+        problem = self._last_problem
+        if problem is None and not bool(_all_finite(self._saved_variables())):
+            problem = "NaN or inf in the weights or the optimizer state"
+        if problem is not None:
+            if final:
+                raise FloatingPointError(f"Training ended diverged: no final checkpoint "
+                                         f"({problem}). " + self._resume_advice())
+            logger.warning("No checkpoint of iteration %d: %s.", done, problem)
+            return
+        snap = (self.checkpointer.snapshot(done, positions, self.seed, self.cfg.dump())
+                if self.rank == 0 else None)
+        if final:
+            self._write_checkpoint(done, snap, final=True)
+        else:
+            self._pending_checkpoint = (done, snap)
+
+    def _saved_variables(self):
+        variables = list(self.model.variables) + list(self.optimizer.slots)
+        if self.loss_scale is not None:
+            variables.append(self.loss_scale.scale)
+        return variables
+
+    def _write_checkpoint(self, done: int, snap, final: bool = False) -> None:
         if self.rank == 0:
-            self.checkpointer.save(done, positions, self.seed, self.cfg.dump(), final=final)
+            self.checkpointer.write(snap, final=final)
+        self.last_good_checkpoint = os.path.join(self.cfg.OUTPUT_DIR,
+                                                 checkpoint_name(done, final))
+
+    def _settle_pending_checkpoint(self, it: int, problem: Optional[str]) -> None:
+        """Write the checkpoint copied after iteration ``it - 1`` if iteration ``it``, the
+        first to use its weights, is healthy (``problem`` None); drop it otherwise."""
+        if self._pending_checkpoint is None:
+            return
+        done, snap = self._pending_checkpoint
+        self._pending_checkpoint = None
+        if problem is None:
+            self._write_checkpoint(done, snap)
+        else:
+            logger.warning("Not writing the checkpoint of iteration %d: its weights gave an "
+                           "unhealthy iteration %d: %s", done, it, problem)
+
+    def _resume_advice(self) -> str:
+        """Where to restart from after a divergence, for the error message."""
+        lr = float(self.cfg.SOLVER.BASE_LR)
+        lower = f"SOLVER.BASE_LR={lr / 10:g} (now {lr:g})"
+        if self.last_good_checkpoint is None:
+            return ("No checkpoint of this run was written from a healthy state: start again "
+                    f"with a lower learning rate, e.g. {lower}.")
+        return (f"The last good checkpoint is {self.last_good_checkpoint}: resume from it with "
+                f"a lower learning rate, i.e. run the same tfmrcnn-train command (it resumes "
+                f"from the newest checkpoint of OUTPUT_DIR) with e.g. {lower}. Checkpoints "
+                "are only written from healthy states, so there is nothing to delete.")
 
     # ------------------------------------------------------------------ loop
     def train(self) -> Dict[str, float]:
@@ -199,15 +308,22 @@ class Trainer:
             metrics = {k: float(v) for k, v in metrics.items()}
             t2 = time.perf_counter()
             self.watchdog.beat(it)
+            problem = self.health.judge(losses)
+            if problem is None and not bool(applied) and self.loss_scale is None:
+                problem = "a non-finite gradient"
+            if problem is not None and self._last_problem is None:
+                logger.warning("Iteration %d is not healthy: %s. No checkpoint is written "
+                               "until training is healthy again.", it, problem)
+            self._last_problem = problem
+            self._settle_pending_checkpoint(it, problem)
             if not bool(loss_finite):
                 raise FloatingPointError(
                     f"Loss became infinite or NaN at iteration={it}! losses: {losses}. "
-                    "Training stopped; the weights were not updated and the last checkpoint "
-                    "is kept.")
+                    "Training stopped; the weights were not updated. " + self._resume_advice())
             if not bool(applied) and self.loss_scale is None:
                 raise FloatingPointError(
                     f"A gradient became infinite or NaN at iteration={it} (losses {losses}). "
-                    "Training stopped; the last checkpoint is kept.")
+                    "Training stopped; the weights were not updated. " + self._resume_advice())
             if it == self.start_iter:
                 self.broadcast_state()
             self.history.put_many(losses)
