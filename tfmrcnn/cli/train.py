@@ -7,7 +7,8 @@ Runs as a single process without a launcher, or under ``horovodrun -np N ...`` /
 ``mpirun -np N ...`` (scripts/train_8gpu.sh). By default a run resumes from the newest readable
 checkpoint in OUTPUT_DIR when there is one (``--no-resume`` starts over from MODEL.WEIGHTS).
 At the end (and every TEST.EVAL_PERIOD) it evaluates on DATASETS.TEST, prints the AP table and
-writes pictures of a few validation predictions to OUTPUT_DIR/vis/*.png.
+writes pictures of a few validation predictions to OUTPUT_DIR/vis/*.png (evaluation:
+tfmrcnn.evaluation.testing; pictures: tfmrcnn.utils.visualize).
 
 OUTPUT_DIR receives: config.yaml (the resolved config, for tfmrcnn-eval), log.txt,
 model_*.npz + *.train_state.npz + last_checkpoint, TensorBoard events, inference/<dataset>/.
@@ -16,16 +17,12 @@ from __future__ import annotations
 
 import argparse
 import logging
-import os
 import sys
 from typing import List, Optional
 
 __all__ = ["build_parser", "main"]
 
 logger = logging.getLogger("tfmrcnn.cli.train")
-# pictures show detections from this score (detectron2's demo default); lower, the per-class NMS
-# leaves second guesses of another class on the same object in the picture
-VIS_SCORE_THRESHOLD = 0.5
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -49,7 +46,6 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
-# ---------------------------------------------------------------------------- building blocks
 def train_dataset_dicts(cfg):
     from tfmrcnn.data.catalog import DatasetCatalog
 
@@ -59,110 +55,6 @@ def train_dataset_dicts(cfg):
     return dicts
 
 
-def make_eval_fn(cfg, model, rank):
-    """(iteration) -> {dataset: metrics} on rank 0; runs on every rank (collective)."""
-    from tfmrcnn.evaluation.coco_evaluation import COCOEvaluator
-    from tfmrcnn.evaluation.inference import inference_on_dataset
-
-    tasks = ("bbox", "segm") if cfg.MODEL.MASK_ON else ("bbox",)
-
-    def eval_fn(iteration):
-        results = {}
-        for name in cfg.DATASETS.TEST:
-            out = os.path.join(cfg.OUTPUT_DIR, "inference", name)
-            evaluator = COCOEvaluator(name, out, tasks=tasks, verbose=(rank == 0))
-            metrics = inference_on_dataset(model, name, cfg, evaluator, progress=False)
-            if rank == 0:
-                logger.info("Evaluation on %s at iteration %d: %s", name, iteration,
-                            {t: round(metrics[t].get("AP", float("nan")), 3)
-                             for t in tasks if t in metrics})
-                results[name] = metrics
-        if len(results) == 1:
-            return next(iter(results.values()))
-        return {f"{name}/{task}": v for name, m in results.items() for task, v in m.items()}
-
-    return eval_fn
-
-
-def make_train_vis_fn(cfg, model, num_images=2):
-    """(batch numpy dict, iteration) -> RGB pictures of predictions on training images."""
-    import numpy as np
-
-    from tfmrcnn.inference.postprocess import unbatch_outputs
-    from tfmrcnn.utils.visualize import draw_instances
-
-    infer = model.make_inference_fn()
-    names = _class_names(cfg.DATASETS.TRAIN[0])
-
-    def vis_fn(batch, iteration):
-        images = batch["images"][:num_images]
-        sizes = batch["image_sizes"][:num_images].astype(np.int32)
-        outputs = {k: v.numpy() for k, v in infer(images, sizes).items()}
-        pictures = []
-        for i, out in enumerate(unbatch_outputs(outputs)):
-            h, w = sizes[i]
-            canvas = images[i, :h, :w].astype(np.uint8)
-            drawn = draw_instances(canvas, out["boxes"], out["classes"], out["scores"],
-                                   class_names=names, score_threshold=VIS_SCORE_THRESHOLD)
-            pictures.append(drawn[:, :, ::-1])
-        hmax = max(p.shape[0] for p in pictures)
-        wmax = max(p.shape[1] for p in pictures)
-        return np.stack([np.pad(p, ((0, hmax - p.shape[0]), (0, wmax - p.shape[1]), (0, 0)))
-                         for p in pictures])
-
-    return vis_fn
-
-
-def _class_names(dataset_name):
-    from tfmrcnn.data.catalog import MetadataCatalog
-
-    try:
-        return list(MetadataCatalog.get(dataset_name).get("thing_classes", None) or [])
-    except Exception:  # noqa: BLE001 - names only decorate pictures
-        return None
-
-
-def write_val_pictures(cfg, model, num_images: int) -> List[str]:
-    """OUTPUT_DIR/vis/<image>.png for the first validation images (rank 0 only)."""
-    import cv2
-
-    from tfmrcnn.evaluation.inference import get_dataset_dicts, read_image_bgr
-    from tfmrcnn.inference.predictor import Predictor
-    from tfmrcnn.utils.visualize import draw_instances
-
-    if num_images <= 0 or not cfg.DATASETS.TEST:
-        return []
-    name = cfg.DATASETS.TEST[0]
-    predictor = Predictor(cfg, model)  # the same resize -> model -> rescale -> paste as predict
-    names = _class_names(name)
-    out_dir = os.path.join(cfg.OUTPUT_DIR, "vis")
-    os.makedirs(out_dir, exist_ok=True)
-    written = []
-    for record in get_dataset_dicts(name)[:num_images]:
-        image = read_image_bgr(record["file_name"])
-        result = predictor([image])[0]
-        drawn = draw_instances(image, result["boxes"], result["classes"], result["scores"],
-                               masks=result.get("masks"), class_names=names,
-                               score_threshold=VIS_SCORE_THRESHOLD)
-        path = os.path.join(out_dir, os.path.splitext(os.path.basename(record["file_name"]))[0] + ".png")
-        cv2.imwrite(path, drawn)
-        written.append(path)
-    logger.info("Wrote %d prediction pictures to %s", len(written), out_dir)
-    return written
-
-
-def print_ap_table(metrics) -> None:
-    """AP, AP50, AP75, APs, APm, APl per task (the evaluator also logs per-category tables)."""
-    keys = ("AP", "AP50", "AP75", "APs", "APm", "APl")
-    lines = ["| task | " + " | ".join(keys) + " |", "|" + "---|" * (len(keys) + 1)]
-    for task, values in metrics.items():
-        if isinstance(values, dict) and "AP" in values:
-            lines.append(f"| {task} | " + " | ".join(f"{values.get(k, float('nan')):.3f}"
-                                                    for k in keys) + " |")
-    print("\n".join(lines), flush=True)
-
-
-# ---------------------------------------------------------------------------- main
 def main(argv: Optional[List[str]] = None) -> int:
     args = build_parser().parse_intermixed_args(argv)
     from tfmrcnn.utils.launch import reexec_with_allocator
@@ -211,7 +103,9 @@ def main(argv: Optional[List[str]] = None) -> int:
     from tfmrcnn.data.pipeline import build_train_dataset
     from tfmrcnn.checkpoint.weights_io import WeightsError
     from tfmrcnn.engine.trainer import Trainer
+    from tfmrcnn.evaluation.testing import make_eval_fn, print_ap_table
     from tfmrcnn.modeling.meta_arch import GeneralizedRCNN
+    from tfmrcnn.utils.visualize import make_train_vis_fn, write_val_pictures
 
     if cfg.SEED >= 0:
         tf.random.set_seed(cfg.SEED)        # initial weights; rank 0's are broadcast anyway

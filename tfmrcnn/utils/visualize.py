@@ -1,13 +1,21 @@
 """Pictures of instance predictions: translucent masks, boxes, class names and scores.
 
-Used by `tfmrcnn-predict`, the training loop's TensorBoard images and the demo.
+Used by `tfmrcnn-predict`, the demo and training: TensorBoard pictures of training images
+(`make_train_vis_fn`) and OUTPUT_DIR/vis/*.png of validation images (`write_val_pictures`).
 """
 from __future__ import annotations
 
-from typing import Optional, Sequence
+import logging
+import os
+from typing import List, Optional, Sequence
 
 import cv2
 import numpy as np
+
+logger = logging.getLogger(__name__)
+# training pictures show detections from this score (detectron2's demo default); lower, the
+# per-class NMS leaves second guesses of another class on the same object in the picture
+VIS_SCORE_THRESHOLD = 0.5
 
 
 def color_for(index: int) -> tuple:
@@ -57,3 +65,67 @@ def draw_instances(image_bgr: np.ndarray, boxes: np.ndarray, classes: np.ndarray
         cv2.putText(canvas, label, (x0 + 1, ty - base), cv2.FONT_HERSHEY_SIMPLEX, font_scale,
                     (0, 0, 0), 1, cv2.LINE_AA)
     return canvas
+
+
+# ---------------------------------------------------------------------------- training pictures
+def _class_names(dataset_name):
+    from tfmrcnn.data.catalog import MetadataCatalog
+
+    try:
+        return list(MetadataCatalog.get(dataset_name).get("thing_classes", None) or [])
+    except Exception:  # noqa: BLE001 - names only decorate pictures
+        return None
+
+
+def make_train_vis_fn(cfg, model, num_images=2):
+    """(batch numpy dict, iteration) -> RGB pictures of predictions on training images."""
+    from tfmrcnn.inference.postprocess import unbatch_outputs
+
+    infer = model.make_inference_fn()
+    names = _class_names(cfg.DATASETS.TRAIN[0])
+
+    def vis_fn(batch, iteration):
+        images = batch["images"][:num_images]
+        sizes = batch["image_sizes"][:num_images].astype(np.int32)
+        outputs = {k: v.numpy() for k, v in infer(images, sizes).items()}
+        pictures = []
+        for i, out in enumerate(unbatch_outputs(outputs)):
+            h, w = sizes[i]
+            canvas = images[i, :h, :w].astype(np.uint8)
+            drawn = draw_instances(canvas, out["boxes"], out["classes"], out["scores"],
+                                   class_names=names, score_threshold=VIS_SCORE_THRESHOLD)
+            pictures.append(drawn[:, :, ::-1])
+        hmax = max(p.shape[0] for p in pictures)
+        wmax = max(p.shape[1] for p in pictures)
+        return np.stack([np.pad(p, ((0, hmax - p.shape[0]), (0, wmax - p.shape[1]), (0, 0)))
+                         for p in pictures])
+
+    return vis_fn
+
+
+def write_val_pictures(cfg, model, num_images: int) -> List[str]:
+    """OUTPUT_DIR/vis/<image>.png for the first validation images (rank 0 only)."""
+    from tfmrcnn.data.catalog import DatasetCatalog
+    from tfmrcnn.data.image_io import read_image
+    from tfmrcnn.inference.predictor import Predictor
+
+    if num_images <= 0 or not cfg.DATASETS.TEST:
+        return []
+    name = cfg.DATASETS.TEST[0]
+    predictor = Predictor(cfg, model)  # the same resize -> model -> rescale -> paste as predict
+    names = _class_names(name)
+    out_dir = os.path.join(cfg.OUTPUT_DIR, "vis")
+    os.makedirs(out_dir, exist_ok=True)
+    written = []
+    for record in DatasetCatalog.get(name)[:num_images]:
+        image = read_image(record["file_name"])  # (H, W, 3) uint8 BGR
+        result = predictor([image])[0]
+        drawn = draw_instances(image, result["boxes"], result["classes"], result["scores"],
+                               masks=result.get("masks"), class_names=names,
+                               score_threshold=VIS_SCORE_THRESHOLD)
+        stem = os.path.splitext(os.path.basename(record["file_name"]))[0]
+        path = os.path.join(out_dir, stem + ".png")
+        cv2.imwrite(path, drawn)
+        written.append(path)
+    logger.info("Wrote %d prediction pictures to %s", len(written), out_dir)
+    return written
