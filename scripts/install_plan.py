@@ -17,7 +17,7 @@ Standard library only: it runs with the virtualenv's Python before anything is i
 Commands (run with the virtualenv's Python, from anywhere)::
 
     python scripts/install_plan.py show               # the whole plan, for reading (dry run)
-    python scripts/install_plan.py flavour            # cpu or cuda
+    python scripts/install_plan.py flavour            # cpu or cuda (error: it cannot be had)
     python scripts/install_plan.py requirements       # requirement files, one per line
     python scripts/install_plan.py remove             # installed TF packages of the other flavour
     python scripts/install_plan.py tf-version         # the installed TensorFlow's version
@@ -179,6 +179,14 @@ def choose_flavour(machine: Machine) -> str:
     return "cuda" if machine.gpu_count > 0 else "cpu"
 
 
+def preflight(flavour: str, machine: Machine) -> None:
+    """Stop before any download when the flavour cannot be completed on this machine."""
+    if flavour == "cuda" and machine.cuda_home is None:
+        raise PlanError("the cuda flavour needs the CUDA 12 toolkit with its nvcc on PATH "
+                        "(it builds Horovod's NCCL operations and the ROIAlign CUDA kernel); "
+                        "TFMRCNN_CUDA=0 selects the CPU stack")
+
+
 def requirement_files(flavour: str) -> List[str]:
     """What setup.sh installs with ``pip install -r``: the flavour's stack, then the dev tools."""
     return [REQUIREMENTS[flavour], DEV_REQUIREMENTS]
@@ -240,10 +248,7 @@ def horovod_build(flavour: str, machine: Machine, tf_version: str, shim_dir: str
     env["HOROVOD_WITH_MPI" if machine.has_mpi else "HOROVOD_WITHOUT_MPI"] = "1"
     warnings = []
     if flavour == "cuda":
-        if machine.cuda_home is None:
-            raise PlanError("the cuda flavour needs the CUDA 12 toolkit (nvcc on PATH, or "
-                            "CUDA_HOME) to build Horovod's NCCL operations and the ROIAlign "
-                            "CUDA kernel; TFMRCNN_CUDA=0 selects the CPU stack")
+        preflight(flavour, machine)
         if machine.nccl is None:
             raise PlanError("the cuda flavour needs NCCL: tensorflow[and-cuda] installs it "
                             "(nvidia-nccl-cu12), or apt-get install libnccl-dev, or set "
@@ -335,6 +340,7 @@ def main(argv=None) -> int:
     try:
         machine, flavour = _plan()
         if args.command == "flavour":
+            preflight(flavour, machine)
             print(flavour)
         elif args.command == "requirements":
             print("\n".join(requirement_files(flavour)))

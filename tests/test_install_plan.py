@@ -129,6 +129,13 @@ def test_cuda_build_uses_the_ops_cuda_architectures_by_default(tmp_path):
     assert build.env["HOROVOD_BUILD_CUDA_CC_LIST"] == ",".join(op_build.CUDA_ARCHS)
 
 
+def test_cuda_flavour_without_nvcc_stops_before_any_download():
+    with pytest.raises(plan.PlanError, match="nvcc on PATH"):
+        plan.preflight("cuda", dataclasses.replace(GPU_HOST, cuda_home=None))
+    plan.preflight("cpu", CPU_HOST)
+    plan.preflight("cuda", GPU_HOST)
+
+
 def test_cuda_flavour_without_toolkit_or_nccl_says_what_is_missing(tmp_path):
     with pytest.raises(plan.PlanError, match="nvcc"):
         plan.horovod_build("cuda", dataclasses.replace(GPU_HOST, cuda_home=None), "2.21.0",
