@@ -71,6 +71,7 @@ class Conv2D(NamedModule):
     Mirrors detectron2's `layers.Conv2d`: the norm is applied after the convolution and the
     activation after the norm. Padding is explicit and symmetric (PyTorch's `padding=k//2`),
     not TF's 'SAME', which pads asymmetrically for stride 2 and would shift every feature.
+    `norm` is a `norm.Norm`; a fixed affine one (FrozenBN) is folded into the weights per call.
     A 3x3, stride-1, padding-1 layer built inside `winograd_conv3x3(True)` computes float32
     inputs with Winograd F(4x4, 3x3) (the CPU custom op; other dtypes use tf.nn.conv2d).
     """
@@ -136,10 +137,10 @@ class Conv2D(NamedModule):
 
 
 def _frozen_affine(norm):
-    """(scale, shift) float32 (C,) of a FrozenBN norm, whose output is x * scale + shift; None
-    for any other norm (batch statistics or GN cannot be folded into a conv)."""
-    from tfmrcnn.modeling.norm import FrozenBN  # norm.py imports this module
-    return norm.scale_shift() if isinstance(norm, FrozenBN) else None
+    """(scale, shift) float32 (C,) of a norm that is a fixed affine map x * scale + shift
+    (FrozenBN, see `norm.Norm.fixed_affine`); None for any other norm (batch statistics or GN
+    cannot be folded into a conv) or none."""
+    return None if norm is None else norm.fixed_affine()
 
 
 class ConvTranspose2D(NamedModule):

@@ -34,6 +34,12 @@ class Norm(NamedModule):
         super().__init__(prefix)
         self.channels = channels
 
+    def fixed_affine(self):
+        """float32 (C,) (scale, shift) when this norm is the fixed map y = x * scale + shift,
+        which a conv folds into its weights (`layers.Conv2D`); None when the output depends on
+        statistics of the input (BN in training, GN) or on a switch (BN's test statistics)."""
+        return None
+
 
 class FrozenBN(Norm):
     """detectron2's FrozenBatchNorm2d: fixed affine map from stored BN statistics.
@@ -55,10 +61,10 @@ class FrozenBN(Norm):
 
     def __call__(self, x, training: bool = False):
         # x: (N, H, W, C); training is ignored, a frozen BN never uses batch statistics
-        scale, shift = self.scale_shift()
+        scale, shift = self.fixed_affine()
         return x * tf.cast(scale, x.dtype) + tf.cast(shift, x.dtype)
 
-    def scale_shift(self):
+    def fixed_affine(self):
         """float32 (C,) scale and shift with y = x * scale + shift (also folded into convs)."""
         scale = self.weight * tf.math.rsqrt(self.running_var + EPS)
         return scale, self.bias - self.running_mean * scale
