@@ -88,7 +88,7 @@ _C.MODEL.RPN.NMS_THRESH = 0.7  # IoU threshold of the per-level proposal NMS
 _C.MODEL.RPN.CONV_DIMS = [-1]  # RPN head conv widths; -1 = input width (only [-1] supported)
 
 _C.MODEL.ROI_HEADS = {}
-_C.MODEL.ROI_HEADS.NAME = "StandardROIHeads"  # only StandardROIHeads is implemented
+_C.MODEL.ROI_HEADS.NAME = "StandardROIHeads"  # StandardROIHeads or CascadeROIHeads
 _C.MODEL.ROI_HEADS.NUM_CLASSES = 80  # foreground classes (background label = NUM_CLASSES)
 _C.MODEL.ROI_HEADS.IN_FEATURES = ["p2", "p3", "p4", "p5"]  # FPN levels pooled by the heads
 _C.MODEL.ROI_HEADS.IOU_THRESHOLDS = [0.5]  # proposal is foreground if IoU >= this
@@ -115,6 +115,14 @@ _C.MODEL.ROI_BOX_HEAD.CONV_DIM = 256  # width of those convs
 _C.MODEL.ROI_BOX_HEAD.NORM = ""  # norm of those convs: "", GN, SyncBN
 _C.MODEL.ROI_BOX_HEAD.CLS_AGNOSTIC_BBOX_REG = False  # one box regression for all classes
 _C.MODEL.ROI_BOX_HEAD.TRAIN_ON_PRED_BOXES = False  # not supported, must stay False
+
+# Cascade R-CNN (ROI_HEADS.NAME CascadeROIHeads): one stage per entry of both lists, each with
+# its own box head and predictor; stage s takes IOUS[s] as foreground threshold (IOUS[0] must
+# equal ROI_HEADS.IOU_THRESHOLDS[0]) and BBOX_REG_WEIGHTS[s] for its deltas (detectron2's keys)
+_C.MODEL.ROI_BOX_CASCADE_HEAD = {}
+_C.MODEL.ROI_BOX_CASCADE_HEAD.BBOX_REG_WEIGHTS = ((10.0, 10.0, 5.0, 5.0), (20.0, 20.0, 10.0, 10.0),
+                                                  (30.0, 30.0, 15.0, 15.0))
+_C.MODEL.ROI_BOX_CASCADE_HEAD.IOUS = (0.5, 0.6, 0.7)
 
 _C.MODEL.ROI_MASK_HEAD = {}
 _C.MODEL.ROI_MASK_HEAD.NAME = "MaskRCNNConvUpsampleHead"  # only the conv+deconv head exists

@@ -13,7 +13,7 @@ Conventions
 """
 from __future__ import annotations
 
-from typing import Dict, Sequence
+from typing import Dict, Optional, Sequence
 
 import tensorflow as tf
 
@@ -74,13 +74,17 @@ class FastRCNNOutputLayers(tf.Module):
         self.detections_per_image = test_topk_per_image
 
     @classmethod
-    def from_config(cls, cfg, input_dim: int,
-                    prefix: str = "roi_heads.box_predictor") -> "FastRCNNOutputLayers":
-        """The predictor of MODEL.ROI_BOX_HEAD / MODEL.ROI_HEADS / TEST.DETECTIONS_PER_IMAGE."""
+    def from_config(cls, cfg, input_dim: int, prefix: str = "roi_heads.box_predictor",
+                    bbox_reg_weights: Optional[Sequence[float]] = None
+                    ) -> "FastRCNNOutputLayers":
+        """The predictor of MODEL.ROI_BOX_HEAD / MODEL.ROI_HEADS / TEST.DETECTIONS_PER_IMAGE;
+        `bbox_reg_weights` replaces ROI_BOX_HEAD.BBOX_REG_WEIGHTS (a cascade stage's own)."""
         bcfg, hcfg = cfg.MODEL.ROI_BOX_HEAD, cfg.MODEL.ROI_HEADS
         if bcfg.BBOX_REG_LOSS_TYPE != "smooth_l1":
             raise ValueError(f"unsupported BBOX_REG_LOSS_TYPE {bcfg.BBOX_REG_LOSS_TYPE!r}")
-        return cls(input_dim, hcfg.NUM_CLASSES, bbox_reg_weights=bcfg.BBOX_REG_WEIGHTS,
+        if bbox_reg_weights is None:
+            bbox_reg_weights = bcfg.BBOX_REG_WEIGHTS
+        return cls(input_dim, hcfg.NUM_CLASSES, bbox_reg_weights=bbox_reg_weights,
                    cls_agnostic_bbox_reg=bcfg.CLS_AGNOSTIC_BBOX_REG,
                    smooth_l1_beta=bcfg.SMOOTH_L1_BETA,
                    box_reg_loss_weight=bcfg.BBOX_REG_LOSS_WEIGHT,
@@ -137,8 +141,18 @@ class FastRCNNOutputLayers(tf.Module):
         Returns boxes (B, D, 4), scores (B, D), classes (B, D) int32, num_detections (B,) int32;
         rows past num_detections are zero.
         """
-        probs = tf.nn.softmax(tf.cast(logits, tf.float32), axis=-1)[..., :-1]  # (B, P, K)
-        boxes = self.predict_boxes(deltas, proposals, image_sizes)  # (B, P, K', 4)
+        return self.detect(self.predict_boxes(deltas, proposals, image_sizes),
+                           self.predict_probs(logits), proposal_valid)
+
+    @staticmethod
+    def predict_probs(logits):
+        """Class probabilities (B, P, K+1) of logits (B, P, K+1), background last."""
+        return tf.nn.softmax(tf.cast(logits, tf.float32), axis=-1)
+
+    def detect(self, boxes, probs, proposal_valid):
+        """fast_rcnn_inference proper on decoded, clipped boxes (B, P, K', 4) and probabilities
+        (B, P, K+1) (the cascade passes its stage average); output as `inference`."""
+        probs = probs[..., :-1]  # (B, P, K): background dropped
         d = self.detections_per_image
         out = tf.map_fn(self._detect_one, (boxes, probs, tf.cast(proposal_valid, tf.bool)),
                         fn_output_signature=(tf.TensorSpec([d, 4], tf.float32),

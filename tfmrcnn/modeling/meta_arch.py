@@ -22,11 +22,15 @@ from typing import Dict, List
 
 import tensorflow as tf
 
+from tfmrcnn.modeling.cascade_rcnn import CascadeROIHeads
 from tfmrcnn.modeling.fpn import build_resnet_fpn_backbone
 from tfmrcnn.modeling.layers import named_variables, winograd_conv3x3
 from tfmrcnn.modeling.norm import norm_variables
 from tfmrcnn.modeling.roi_heads import StandardROIHeads
 from tfmrcnn.modeling.rpn import RPN
+
+# MODEL.ROI_HEADS.NAME -> class built as cls(cfg, in_channels, strides of IN_FEATURES)
+ROI_HEADS = {"StandardROIHeads": StandardROIHeads, "CascadeROIHeads": CascadeROIHeads}
 
 
 def _check_supported(cfg):
@@ -35,13 +39,15 @@ def _check_supported(cfg):
         "MODEL.META_ARCHITECTURE": (m.META_ARCHITECTURE, "GeneralizedRCNN"),
         "MODEL.BACKBONE.NAME": (m.BACKBONE.NAME, "build_resnet_fpn_backbone"),
         "MODEL.PROPOSAL_GENERATOR.NAME": (m.PROPOSAL_GENERATOR.NAME, "RPN"),
-        "MODEL.ROI_HEADS.NAME": (m.ROI_HEADS.NAME, "StandardROIHeads"),
         "MODEL.KEYPOINT_ON": (m.KEYPOINT_ON, False),
         "MODEL.LOAD_PROPOSALS": (m.LOAD_PROPOSALS, False),
     }
     for key, (value, supported) in unsupported.items():
         if value != supported:
             raise NotImplementedError(f"{key} = {value!r}: only {supported!r} is implemented")
+    if m.ROI_HEADS.NAME not in ROI_HEADS:
+        raise NotImplementedError(f"MODEL.ROI_HEADS.NAME = {m.ROI_HEADS.NAME!r}: implemented are "
+                                  + ", ".join(map(repr, ROI_HEADS)))
 
 
 def _compute_dtype(enabled: bool, name: str) -> tf.DType:
@@ -77,8 +83,8 @@ class GeneralizedRCNN(tf.Module):
             channels, strides = self.backbone.out_channels, self.backbone.strides
             self.proposal_generator = RPN(cfg, channels,
                                           [strides[f] for f in self.rpn_in_features])
-            self.roi_heads = StandardROIHeads(cfg, channels,
-                                              [strides[f] for f in self.roi_in_features])
+            self.roi_heads = ROI_HEADS[cfg.MODEL.ROI_HEADS.NAME](
+                cfg, channels, [strides[f] for f in self.roi_in_features])
 
     # ------------------------------------------------------------------ data flow
     def normalize(self, images, image_sizes, dtype=tf.float32):

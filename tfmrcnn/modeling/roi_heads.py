@@ -31,6 +31,13 @@ from tfmrcnn.modeling.sampling import ROISamples, sample_proposals
 CROWD_IOA_THRESH = 0.5
 
 
+def pad_gt(gt_boxes, gt_classes):
+    """One more padding GT slot (zero box, class -1): (B, G + 1, 4), (B, G + 1). It keeps every
+    gather by matched index in range when an image (or the batch) has no GT, G == 0."""
+    return (tf.pad(gt_boxes, [[0, 0], [0, 1], [0, 0]]),
+            tf.pad(gt_classes, [[0, 0], [0, 1]], constant_values=-1))
+
+
 def sample_count_metrics(samples: ROISamples) -> Dict[str, tf.Tensor]:
     """detectron2's roi_head/num_fg_samples and roi_head/num_bg_samples: per-image means."""
     valid = tf.cast(samples.valid, tf.float32)  # (B, S)
@@ -68,12 +75,15 @@ class ROIHeads(tf.Module):
         """F: every foreground sample sits in the first F slots."""
         return int(self.batch_size_per_image * self.positive_fraction)
 
-    def label_proposals(self, boxes, valid, gt_boxes, gt_classes, crowd_boxes):
-        """Labels (B, N) int32 of candidates: class, K for background, -1 ignored; and matches."""
+    def label_proposals(self, boxes, valid, gt_boxes, gt_classes, crowd_boxes,
+                        matcher: Optional[Matcher] = None):
+        """Labels (B, N) int32 of candidates: class, K for background, -1 ignored; and matches.
+        `matcher` replaces proposal_matcher (a cascade stage's own IoU threshold)."""
         k = self.num_classes
         gt_valid = gt_classes >= 0  # (B, G)
         iou = box_ops.pairwise_iou(gt_boxes, boxes)  # (B, G, N)
-        matches, match_labels = self.proposal_matcher(iou, gt_valid)  # (B, N) each
+        matcher = matcher or self.proposal_matcher
+        matches, match_labels = matcher(iou, gt_valid)  # (B, N) each
         matches = tf.cast(matches, tf.int32)
         matched_classes = tf.gather(gt_classes, matches, batch_dims=1)  # (B, N)
         labels = tf.where(match_labels == 1, matched_classes, k)
@@ -104,9 +114,7 @@ class ROIHeads(tf.Module):
         if self.proposal_append_gt:
             boxes = tf.concat([proposals, gt_boxes], axis=1)  # (B, N = P + G, 4)
             valid = tf.concat([valid, gt_classes >= 0], axis=1)
-        # a padding GT slot keeps every gather below in range when G == 0
-        gt_boxes = tf.pad(gt_boxes, [[0, 0], [0, 1], [0, 0]])
-        gt_classes = tf.pad(gt_classes, [[0, 0], [0, 1]], constant_values=-1)
+        gt_boxes, gt_classes = pad_gt(gt_boxes, gt_classes)
         labels, matches = self.label_proposals(boxes, valid, gt_boxes, gt_classes,
                                                tf.cast(crowd_boxes, tf.float32))
         return sample_proposals(boxes, labels, matches, gt_boxes, self.batch_size_per_image,
@@ -134,14 +142,19 @@ class StandardROIHeads(ROIHeads):
                 raise ValueError(f"only ROIAlignV2 pooling is supported, got {pooler_type!r}")
         scales = [1.0 / s for s in strides]
         self.box_pooler = ROIPooler(bcfg.POOLER_RESOLUTION, scales, bcfg.POOLER_SAMPLING_RATIO)
-        self.box_head = FastRCNNConvFCHead.from_config(cfg, in_channels, bcfg.POOLER_RESOLUTION)
-        self.box_predictor = FastRCNNOutputLayers.from_config(cfg, self.box_head.output_dim)
+        self._init_box_head(cfg, in_channels)
         self.mask_on = cfg.MODEL.MASK_ON
         if self.mask_on:
             self.mask_pooler = ROIPooler(mcfg.POOLER_RESOLUTION, scales,
                                          mcfg.POOLER_SAMPLING_RATIO)
             self.mask_head = MaskRCNNConvUpsampleHead(cfg, in_channels)
             self.mask_size = 2 * mcfg.POOLER_RESOLUTION
+
+    def _init_box_head(self, cfg, in_channels: int):
+        """box_head and box_predictor (CascadeROIHeads builds one of each per stage)."""
+        resolution = cfg.MODEL.ROI_BOX_HEAD.POOLER_RESOLUTION
+        self.box_head = FastRCNNConvFCHead.from_config(cfg, in_channels, resolution)
+        self.box_predictor = FastRCNNOutputLayers.from_config(cfg, self.box_head.output_dim)
 
     @staticmethod
     def _pool(pooler, features_list, boxes, indices):
@@ -151,15 +164,20 @@ class StandardROIHeads(ROIHeads):
         x = pooler([tf.cast(f, tf.float32) for f in features_list], boxes, indices)
         return tf.cast(x, features_list[0].dtype)
 
-    def _box_outputs(self, features_list, boxes, training: bool):
+    def _box_outputs(self, features_list, boxes, training: bool, stage: int = 0):
         """boxes (B, R, 4) -> float32 class logits (B, R, K+1), deltas (B, R, 4K')."""
         flat, indices = _flatten_rois(boxes)
         x = self._pool(self.box_pooler, features_list, flat, indices)  # (B*R, 7, 7, C)
-        logits, deltas = self.box_predictor(self.box_head(x, training=training))
+        logits, deltas = self._box_predictions(x, training, stage)
         b, r = tf.shape(boxes)[0], tf.shape(boxes)[1]
         # box decoding, scores and losses stay float32
         return (tf.reshape(tf.cast(logits, tf.float32), tf.stack([b, r, -1])),
                 tf.reshape(tf.cast(deltas, tf.float32), tf.stack([b, r, -1])))
+
+    def _box_predictions(self, x, training: bool, stage: int):
+        """Pooled (R, 7, 7, C) -> logits (R, K+1), deltas (R, 4K'); `stage` is the cascade's."""
+        del stage
+        return self.box_predictor(self.box_head(x, training=training))
 
     def _mask_logits(self, features_list, boxes, training: bool):
         """boxes (B, R, 4) -> mask logits (B*R, 28, 28, K') in the features' dtype."""
@@ -226,6 +244,11 @@ class StandardROIHeads(ROIHeads):
         [, masks (B, D, 28, 28) probabilities of the predicted class]); padding rows are zero."""
         logits, deltas = self._box_outputs(features_list, proposals, training=False)
         out = self.box_predictor.inference(logits, deltas, proposals, proposal_valid, image_sizes)
+        return self._mask_inference(features_list, out)
+
+    def _mask_inference(self, features_list, out):
+        """detectron2's forward_with_given_boxes: adds masks (B, D, 28, 28) to the detections
+        `out` (with MASK_ON; probabilities of the predicted class, padding rows zero)."""
         if self.mask_on:
             boxes = out["boxes"]  # (B, D, 4)
             mask_logits = self._mask_logits(features_list, boxes, training=False)
