@@ -67,20 +67,6 @@ def test_watchdog_pause_and_beats_keep_it_quiet():
     assert w.iteration == 5
 
 
-@pytest.mark.parametrize("key, value, expected", [
-    (None, None, False), ("MODEL.RESNETS.NORM", "SyncBN", True),
-    ("MODEL.FPN.NORM", "naiveSyncBN", True), ("MODEL.ROI_MASK_HEAD.NORM", "GN", False),
-    ("MODEL.RESNETS.NORM", "BN", False)])
-def test_uses_sync_bn(key, value, expected):
-    from tfmrcnn.config import get_cfg
-    from tfmrcnn.distributed import uses_sync_bn
-
-    cfg = get_cfg()
-    if key:
-        cfg.merge_from_list([key, value])
-    assert uses_sync_bn(cfg) is expected
-
-
 def test_cpu_cycle_time_depends_on_sync_bn(monkeypatch):
     """On a CPU host the Horovod cycle is 20 ms, 5 ms with SyncBN; the user's value wins."""
     from tfmrcnn import distributed

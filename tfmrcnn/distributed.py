@@ -24,7 +24,7 @@ import time
 
 __all__ = ["init_horovod", "all_reduce_library", "horovod", "horovod_if_distributed", "world",
            "barrier", "launcher_world_size", "check_world_size", "pin_devices",
-           "cpu_cores_for_rank", "set_process_affinity", "uses_sync_bn", "Watchdog",
+           "cpu_cores_for_rank", "set_process_affinity", "Watchdog",
            "LAUNCHER_SIZE_VARIABLES"]
 
 logger = logging.getLogger(__name__)
@@ -69,15 +69,6 @@ def _has_gpu() -> bool:
     import tensorflow as tf
 
     return bool(tf.config.list_physical_devices("GPU"))
-
-
-def uses_sync_bn(cfg) -> bool:
-    """True when any norm of the config averages statistics over ranks (SyncBN)."""
-    from tfmrcnn.modeling.norm import is_sync_norm
-
-    m = cfg.MODEL
-    norms = (m.RESNETS.NORM, m.FPN.NORM, m.ROI_BOX_HEAD.NORM, m.ROI_MASK_HEAD.NORM)
-    return any(is_sync_norm(n) for n in norms)
 
 
 def init_horovod(sync_bn: bool = False):

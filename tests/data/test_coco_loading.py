@@ -90,7 +90,8 @@ def test_shapes_json_loads_with_contiguous_ids(shapes_set):
 def test_sparse_ids_crowd_and_degenerate(hand_made, caplog):
     json_file, image_root, _ = hand_made
     with caplog.at_level(logging.WARNING, logger="tfmrcnn.data.coco"):
-        dicts = load_coco_json(json_file, image_root, dataset_name="test_hand_made")
+        dicts = load_coco_json(json_file, image_root,
+                               metadata=MetadataCatalog.get("test_hand_made"))
     by_id = {d["image_id"]: d for d in dicts}
     assert [d["image_id"] for d in dicts] == [5, 9, 40]
 

@@ -260,3 +260,17 @@ def test_sync_bn_two_horovod_processes(tmp_path, repo_root):
                          capture_output=True, text=True, env=env, timeout=300)
     assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
     assert out.stdout.count("SYNCBN OK") == 2, out.stdout[-3000:]
+
+
+@pytest.mark.parametrize("key, value, expected", [
+    (None, None, False), ("MODEL.RESNETS.NORM", "SyncBN", True),
+    ("MODEL.FPN.NORM", "naiveSyncBN", True), ("MODEL.ROI_MASK_HEAD.NORM", "GN", False),
+    ("MODEL.RESNETS.NORM", "BN", False)])
+def test_uses_sync_bn(key, value, expected):
+    from tfmrcnn.config import get_cfg
+    from tfmrcnn.modeling.norm import uses_sync_bn
+
+    cfg = get_cfg()
+    if key:
+        cfg.merge_from_list([key, value])
+    assert uses_sync_bn(cfg) is expected

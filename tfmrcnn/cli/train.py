@@ -69,7 +69,8 @@ def main(argv: Optional[List[str]] = None) -> int:
         print(f"tfmrcnn-train: error: {e}", file=sys.stderr)
         return 2
 
-    from tfmrcnn.distributed import Watchdog, init_horovod, pin_devices, uses_sync_bn
+    from tfmrcnn.distributed import Watchdog, init_horovod, pin_devices
+    from tfmrcnn.modeling.norm import uses_sync_bn
 
     hvd = init_horovod(sync_bn=uses_sync_bn(cfg))
     device = pin_devices(hvd.local_rank(), cfg.TRAINER.NUM_THREADS, hvd.local_size(),

@@ -168,7 +168,8 @@ MetadataCatalog = _MetadataCatalog()
 
 def register_coco_instances(name, metadata, json_file, image_root):
     """Register a COCO-format instances json; dicts are loaded on DatasetCatalog.get(name)."""
-    DatasetCatalog.register(name, lambda: load_coco_json(json_file, image_root, name))
+    DatasetCatalog.register(
+        name, lambda: load_coco_json(json_file, image_root, MetadataCatalog.get(name)))
     MetadataCatalog.get(name).set(json_file=json_file, image_root=image_root,
                                   evaluator_type="coco", **(metadata or {}))
 
@@ -301,7 +302,8 @@ def _register_builtin(name, paths_fn, categories):
     json's own categories: a custom set placed under a built-in name keeps its classes.
     """
     def load():
-        dicts = load_coco_json(*paths_fn(), dataset_name=name)  # sets thing_* from the json
+        # sets thing_* from the json
+        dicts = load_coco_json(*paths_fn(), metadata=MetadataCatalog.get(name))
         _lazy_paths(name, paths_fn)
         return dicts
 

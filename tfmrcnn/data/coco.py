@@ -81,10 +81,11 @@ def _convert_annotation(ann, to_contiguous):
     return out, None, dropped
 
 
-def load_coco_json(json_file, image_root, dataset_name=None):
+def load_coco_json(json_file, image_root, metadata=None):
     """Dataset dicts of a COCO instances json (see module docstring), sorted by image id.
 
-    With ``dataset_name``, its MetadataCatalog entry gets thing_classes,
+    With ``metadata`` (a catalog entry, ``MetadataCatalog.get(name)``: the catalog passes it in,
+    this module never imports the catalog), it gets thing_classes,
     thing_dataset_id_to_contiguous_id, thing_contiguous_id_to_dataset_id, json_file,
     image_root and evaluator_type "coco".
     """
@@ -121,10 +122,8 @@ def load_coco_json(json_file, image_root, dataset_name=None):
                        len(dropped["empty box"]), _some_ids(dropped["empty box"]),
                        len(dropped["no valid polygon"]), _some_ids(dropped["no valid polygon"]),
                        dropped["polygons"])
-    if dataset_name is not None:
-        from tfmrcnn.data.catalog import MetadataCatalog
-
-        MetadataCatalog.get(dataset_name).set(
+    if metadata is not None:
+        metadata.set(
             thing_classes=thing_classes, thing_dataset_id_to_contiguous_id=to_contiguous,
             thing_contiguous_id_to_dataset_id=to_dataset, json_file=json_file,
             image_root=image_root, evaluator_type="coco")

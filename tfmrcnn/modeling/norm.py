@@ -172,6 +172,14 @@ def is_sync_norm(kind: Optional[str]) -> bool:
     return _BATCH_NORMS.get(kind) is SyncBatchNorm
 
 
+def uses_sync_bn(cfg) -> bool:
+    """True when any norm of the config averages statistics over ranks (SyncBN); Horovod is
+    then started for it (`tfmrcnn.distributed.init_horovod(sync_bn=...)`)."""
+    m = cfg.MODEL
+    norms = (m.RESNETS.NORM, m.FPN.NORM, m.ROI_BOX_HEAD.NORM, m.ROI_MASK_HEAD.NORM)
+    return any(is_sync_norm(n) for n in norms)
+
+
 def get_norm(kind: Optional[str], channels: int, prefix: str,
              frozen: bool = False) -> Optional[Norm]:
     """The norm called `kind` (detectron2's names), or None for "" / None.
