@@ -249,6 +249,6 @@ def test_cli(tmp_path, d2_pkl, capsys):
     assert "wrote 307 tensors" in capsys.readouterr().out
     bad = tmp_path / "bad.yaml"
     bad.write_text('_BASE_: "Base-RCNN-FPN.yaml"\n'
-                   'MODEL:\n  ROI_HEADS:\n    NAME: CascadeROIHeads\n')
+                   'MODEL:\n  ROI_HEADS:\n    NAME: RROIHeads\n')
     assert convert_main([pkl, "--d2-config", str(bad), "--output", str(out)]) == 1
     assert "MODEL.ROI_HEADS.NAME" in capsys.readouterr().err

@@ -42,7 +42,7 @@ def test_full_dump_with_all_default_groups_is_accepted():
 
 
 @pytest.mark.parametrize("path, value, key", [
-    (("MODEL", "ROI_HEADS", "NAME"), "CascadeROIHeads", "MODEL.ROI_HEADS.NAME"),
+    (("MODEL", "ROI_HEADS", "NAME"), "RROIHeads", "MODEL.ROI_HEADS.NAME"),
     (("MODEL", "META_ARCHITECTURE"), "RetinaNet", "MODEL.META_ARCHITECTURE"),
     (("MODEL", "RPN", "HEAD_NAME"), "MyHead", "MODEL.RPN.HEAD_NAME"),
     (("MODEL", "PROPOSAL_GENERATOR", "NAME"), "RRPN", "MODEL.PROPOSAL_GENERATOR.NAME"),

@@ -5,8 +5,9 @@ Convention: every leaf key of the detectron2 file falls in exactly one class:
 - mapped: it changes what the model computes at inference and exists in tfmrcnn's tree with
   the same name; its value is copied (keys absent from the file take detectron2's default,
   which is not always tfmrcnn's, e.g. ``RPN.PRE_NMS_TOPK_TEST`` is 6000 in detectron2).
-- required: it selects an architecture variant; only the value tfmrcnn implements is accepted
-  (``ROI_HEADS.NAME: CascadeROIHeads`` is an error naming the key).
+- required: it selects an architecture variant; only the values tfmrcnn implements are
+  accepted (``PROPOSAL_GENERATOR.NAME: RRPN`` is an error naming the key). Those with several
+  accepted values (``ROI_HEADS.NAME``) are also copied into our tree (_SELECTED).
 - ignored: it does not change inference (solver, datasets, training-only sampling/loss keys)
   or belongs to a module the required keys rule out (RetinaNet, keypoint head, ...).
 
@@ -62,6 +63,10 @@ _MAPPED_DEFAULTS: Dict[str, Any] = {
     "MODEL.ROI_BOX_HEAD.CONV_DIM": 256,
     "MODEL.ROI_BOX_HEAD.NORM": "",
     "MODEL.ROI_BOX_HEAD.CLS_AGNOSTIC_BBOX_REG": False,
+    "MODEL.ROI_BOX_CASCADE_HEAD.BBOX_REG_WEIGHTS": [[10.0, 10.0, 5.0, 5.0],
+                                                   [20.0, 20.0, 10.0, 10.0],
+                                                   [30.0, 30.0, 15.0, 15.0]],
+    "MODEL.ROI_BOX_CASCADE_HEAD.IOUS": [0.5, 0.6, 0.7],
     "MODEL.ROI_MASK_HEAD.POOLER_RESOLUTION": 14,
     "MODEL.ROI_MASK_HEAD.POOLER_SAMPLING_RATIO": 0,
     "MODEL.ROI_MASK_HEAD.NUM_CONV": 0,
@@ -95,8 +100,8 @@ REQUIRED_VALUES: Dict[str, Tuple[Any, List[Any], str]] = {
                             "only StandardRPNHead is implemented"),
     "MODEL.RPN.IN_FEATURES": (["res4"], [["p2", "p3", "p4", "p5", "p6"]], "the RPN runs on P2..P6"),
     "MODEL.RPN.CONV_DIMS": ([-1], [[-1]], "the RPN head has one conv of the input width"),
-    "MODEL.ROI_HEADS.NAME": ("Res5ROIHeads", ["StandardROIHeads"],
-                             "only StandardROIHeads is implemented (no C4, no cascade)"),
+    "MODEL.ROI_HEADS.NAME": ("Res5ROIHeads", ["StandardROIHeads", "CascadeROIHeads"],
+                             "other ROI heads are not implemented"),
     "MODEL.ROI_HEADS.IN_FEATURES": (["res4"], [["p2", "p3", "p4", "p5"]],
                                     "the ROI heads pool P2..P5"),
     "MODEL.ROI_BOX_HEAD.NAME": ("", ["FastRCNNConvFCHead"],
@@ -114,6 +119,8 @@ _CONDITIONAL = {
     "MODEL.ROI_MASK_HEAD.NAME": ("MaskRCNNConvUpsampleHead", ["MaskRCNNConvUpsampleHead"],
                                  "only MaskRCNNConvUpsampleHead is implemented"),
 }
+# required keys whose value (one of the accepted) is copied into our tree
+_SELECTED = ("MODEL.ROI_HEADS.NAME",)
 D2_DEFAULTS = {**_MAPPED_DEFAULTS,
                **{k: v[0] for k, v in {**REQUIRED_VALUES, **_CONDITIONAL}.items()}}
 
@@ -140,7 +147,7 @@ _IGNORED = (
     "MODEL.ROI_BOX_HEAD.FED_LOSS_NUM_CLASSES",
     # modules ruled out by the required keys above
     "MODEL.ROI_KEYPOINT_HEAD.", "MODEL.SEM_SEG_HEAD.", "MODEL.PANOPTIC_FPN.", "MODEL.RETINANET.",
-    "MODEL.ROI_BOX_CASCADE_HEAD.", "MODEL.ANCHOR_GENERATOR.ANGLES",
+    "MODEL.ANCHOR_GENERATOR.ANGLES",
     "MODEL.RESNETS.DEFORM_MODULATED", "MODEL.RESNETS.DEFORM_NUM_GROUPS",
 )
 
@@ -236,6 +243,8 @@ def cfg_from_d2_dict(values: Dict[str, Any], source: str = "<dict>", base_cfg=No
         mapped[key] = value
         if key not in flat:
             report.defaulted.append(key)
+    for key in _SELECTED:
+        mapped[key] = effective[key]
     cfg = (base_cfg.clone() if base_cfg is not None else get_cfg()).defrost()
     try:
         cfg.merge_from_dict(_nest(mapped))

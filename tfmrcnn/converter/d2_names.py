@@ -14,7 +14,7 @@ from typing import Dict, List, Optional, Tuple
 
 __all__ = [
     "TensorSpec", "expected_d2_tensors", "expected_d2_state_dict_shapes", "norm_suffixes",
-    "resnet_num_blocks", "BOTTOM_UP", "FPN_STAGES",
+    "resnet_num_blocks", "box_head_prefixes", "BOTTOM_UP", "FPN_STAGES",
 ]
 
 BOTTOM_UP = "backbone.bottom_up"
@@ -154,21 +154,35 @@ def _rpn(b: _Builder, cfg) -> None:
     b.conv(f"{p}.anchor_deltas", c, a * 4, 1)
 
 
+def box_head_prefixes(cfg) -> List[Tuple[str, str]]:
+    """(box head, box predictor) name prefixes: one pair, or one per stage for CascadeROIHeads
+    (``roi_heads.box_head.{s}``, ``roi_heads.box_predictor.{s}``, one stage per
+    ROI_BOX_CASCADE_HEAD.IOUS entry)."""
+    if cfg.MODEL.ROI_HEADS.NAME == "CascadeROIHeads":
+        return [(f"roi_heads.box_head.{s}", f"roi_heads.box_predictor.{s}")
+                for s in range(len(cfg.MODEL.ROI_BOX_CASCADE_HEAD.IOUS))]
+    return [("roi_heads.box_head", "roi_heads.box_predictor")]
+
+
 def _box_head(b: _Builder, cfg) -> None:
     h = cfg.MODEL.ROI_BOX_HEAD
     k = cfg.MODEL.ROI_HEADS.NUM_CLASSES
-    c, res = cfg.MODEL.FPN.OUT_CHANNELS, h.POOLER_RESOLUTION
-    for i in range(h.NUM_CONV):
-        b.conv(f"roi_heads.box_head.conv{i + 1}", c, h.CONV_DIM, 3, bias=h.NORM == "", norm=h.NORM)
-        c = h.CONV_DIM
-    spatial: Optional[Tuple[int, int, int]] = (c, res, res)
-    width = c * res * res
-    for i in range(h.NUM_FC):
-        b.linear(f"roi_heads.box_head.fc{i + 1}", width, h.FC_DIM, nchw_input=spatial)
-        width, spatial = h.FC_DIM, None
+    prefixes = box_head_prefixes(cfg)
+    # detectron2 registers every stage's head before the predictors (two ModuleLists)
+    for head, _ in prefixes:
+        c, res = cfg.MODEL.FPN.OUT_CHANNELS, h.POOLER_RESOLUTION
+        for i in range(h.NUM_CONV):
+            b.conv(f"{head}.conv{i + 1}", c, h.CONV_DIM, 3, bias=h.NORM == "", norm=h.NORM)
+            c = h.CONV_DIM
+        spatial: Optional[Tuple[int, int, int]] = (c, res, res)
+        width = c * res * res
+        for i in range(h.NUM_FC):
+            b.linear(f"{head}.fc{i + 1}", width, h.FC_DIM, nchw_input=spatial)
+            width, spatial = h.FC_DIM, None
     reg_classes = 1 if h.CLS_AGNOSTIC_BBOX_REG else k
-    b.linear("roi_heads.box_predictor.cls_score", width, k + 1, nchw_input=spatial)
-    b.linear("roi_heads.box_predictor.bbox_pred", width, reg_classes * 4, nchw_input=spatial)
+    for _, predictor in prefixes:
+        b.linear(f"{predictor}.cls_score", width, k + 1, nchw_input=spatial)
+        b.linear(f"{predictor}.bbox_pred", width, reg_classes * 4, nchw_input=spatial)
 
 
 def _mask_head(b: _Builder, cfg) -> None:

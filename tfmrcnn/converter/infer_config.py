@@ -83,10 +83,32 @@ def _rpn(shapes: Shapes, cfg) -> None:
                              f"anchors give {default}: pass the detectron2 config (--d2-config)")
 
 
-def _box_head(shapes: Shapes, cfg) -> int:
-    """Fills ROI_BOX_HEAD and NUM_CLASSES; returns the class count."""
+def _cascade_stages(shapes: Shapes, cfg, notes: List[str]) -> int:
+    """Stages of a CascadeROIHeads checkpoint (``roi_heads.box_head.{s}.*``), 0 for one head;
+    sets ROI_HEADS.NAME. The weights do not show the stages' IoU thresholds and box-delta
+    weights: detectron2's defaults are assumed, so the stage count must be theirs."""
+    stages = _count(shapes, r"^roi_heads\.box_head\.(\d+)\.")
+    if not stages:
+        return 0
+    cascade = cfg.MODEL.ROI_BOX_CASCADE_HEAD
+    if stages != len(cascade.IOUS):
+        raise InferenceError(f"the checkpoint has {stages} cascade stages (roi_heads.box_head.N)"
+                             f"; without a config only detectron2's {len(cascade.IOUS)} are "
+                             "known: pass the detectron2 config (--d2-config)")
+    cfg.MODEL.ROI_HEADS.NAME = "CascadeROIHeads"
+    notes.append(f"CascadeROIHeads with {stages} stages: MODEL.ROI_BOX_CASCADE_HEAD.IOUS = "
+                 f"{list(cascade.IOUS)}, BBOX_REG_WEIGHTS = "
+                 f"{[list(w) for w in cascade.BBOX_REG_WEIGHTS]} assumed (detectron2's defaults)")
+    return stages
+
+
+def _box_head(shapes: Shapes, cfg, notes: List[str]) -> int:
+    """Fills ROI_BOX_HEAD, NUM_CLASSES (and the cascade, `_cascade_stages`); returns the class
+    count. A cascade's stages share one architecture: stage 0's tensors are read."""
     h = cfg.MODEL.ROI_BOX_HEAD
-    p = "roi_heads.box_head"
+    stage = ".0" if _cascade_stages(shapes, cfg, notes) else ""
+    p = f"roi_heads.box_head{stage}"
+    predictor = f"roi_heads.box_predictor{stage}"
     h.NUM_CONV = _count(shapes, rf"^{p}\.conv(\d+)\.weight$")
     h.NUM_FC = _count(shapes, rf"^{p}\.fc(\d+)\.weight$")
     channels = cfg.MODEL.FPN.OUT_CHANNELS
@@ -94,17 +116,18 @@ def _box_head(shapes: Shapes, cfg) -> int:
         h.CONV_DIM = shapes[f"{p}.conv1.weight"][0]
         h.NORM = _norm_of(shapes, f"{p}.conv1", "SyncBN")
         channels = h.CONV_DIM
-    first = f"{p}.fc1.weight" if h.NUM_FC else "roi_heads.box_predictor.cls_score.weight"
+    first = f"{p}.fc1.weight" if h.NUM_FC else f"{predictor}.cls_score.weight"
     if h.NUM_FC:
         h.FC_DIM = shapes[f"{p}.fc1.weight"][0]
     side = math.isqrt(shapes[first][1] // channels)
     if side * side * channels != shapes[first][1]:
         raise InferenceError(f"{first} input width {shapes[first][1]} is not {channels} x R x R")
     h.POOLER_RESOLUTION = side
-    classes = shapes["roi_heads.box_predictor.cls_score.weight"][0] - 1
+    classes = shapes[f"{predictor}.cls_score.weight"][0] - 1
     cfg.MODEL.ROI_HEADS.NUM_CLASSES = classes
-    reg_outputs = shapes["roi_heads.box_predictor.bbox_pred.weight"][0]
-    h.CLS_AGNOSTIC_BBOX_REG = classes > 1 and reg_outputs == 4
+    reg_outputs = shapes[f"{predictor}.bbox_pred.weight"][0]
+    # one class: both readings are the same model; a cascade must be class-agnostic
+    h.CLS_AGNOSTIC_BBOX_REG = reg_outputs == 4 and (classes > 1 or bool(stage))
     return classes
 
 
@@ -146,7 +169,7 @@ def infer_cfg_from_shapes(shapes: Shapes, backbone_only: bool = False,
         if not backbone_only:
             _fpn(shapes, cfg)
             _rpn(shapes, cfg)
-            classes = _box_head(shapes, cfg)
+            classes = _box_head(shapes, cfg, notes)
             _mask_head(shapes, cfg, classes)
     except KeyError as e:
         raise InferenceError(f"cannot infer the architecture: tensor {e} is missing") from None
