@@ -195,3 +195,12 @@ def test_a_tree_suggests_its_own_keys():
         tree.GROUP.LEAF_ONF
     with pytest.raises(ConfigKeyError, match="'GRUOP.LEAF_ONE'.*Did you mean 'GROUP.LEAF_ONE'"):
         tree.merge_from_list(["GRUOP.LEAF_ONE=3"])
+
+
+def test_nested_sequences_take_the_default_types_at_every_level(tmp_path):
+    tree = CfgNode({"PAIRS": ((1.0, 2.0), (3.0, 4.0)), "SIZES": [[8], [16]]},
+                   new_allowed=True).set_new_allowed(False)
+    tree.merge_from_file(_write(tmp_path, "c.yaml", "PAIRS: [[5.0, 6.0]]\n"))
+    assert tree.PAIRS == ((5.0, 6.0),) and type(tree.PAIRS[0]) is tuple
+    tree.SIZES = ((4,), [2])
+    assert tree.SIZES == [[4], [2]] and all(type(s) is list for s in tree.SIZES)

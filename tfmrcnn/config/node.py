@@ -300,13 +300,21 @@ def _coerce(value, default, key):
     elif isinstance(default, float) and isinstance(value, (int, float)):
         return float(value)
     elif isinstance(default, (list, tuple)) and isinstance(value, (list, tuple)):
-        return type(default)(value)
+        return _sequence_like(value, default)
     elif type(value) is type(default):
         return value
     hint = " Write a list, e.g. [a, b]." if isinstance(default, (list, tuple)) else ""
     raise ConfigTypeError(
         f"Config key '{key}' expects {type(default).__name__} (now {default!r}), "
         f"got {type(value).__name__} {value!r}.{hint}")
+
+
+def _sequence_like(value, default):
+    """value (a list or tuple) as the default's sequence type, at every level where the default
+    has one (its first element): yaml writes ((1, 2), (3, 4)) back as [[1, 2], [3, 4]]."""
+    inner = default[0] if default and isinstance(default[0], (list, tuple)) else None
+    return type(default)(_sequence_like(v, inner) if inner is not None
+                         and isinstance(v, (list, tuple)) else v for v in value)
 
 
 def _parse_override(text, default):
