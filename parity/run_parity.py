@@ -41,7 +41,7 @@ from parity.weights import INPUT_SCALE, generate_d2_weights, write_d2_pkl
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 WORKER = os.path.join(ROOT, "parity", "_d2_worker.py")
-PATHS = ("eval", "predict", "savedmodel")
+PATHS = ("eval", "predict", "savedmodel", "d2input")
 
 
 def parse_args(argv=None):
@@ -51,8 +51,10 @@ def parse_args(argv=None):
     p.add_argument("--seed", type=int, default=0, help="seed of the weights and images")
     p.add_argument("--sizes", default=",".join(f"{h}x{w}" for h, w in parity_images.DEFAULT_SIZES),
                    help="image sizes HxW, comma-separated")
-    p.add_argument("--paths", default=",".join(PATHS), help="tfmrcnn paths to compare: "
-                   + ", ".join(PATHS))
+    p.add_argument("--paths", default=",".join(PATHS[:3]),
+                   help="tfmrcnn paths to compare, among: " + ", ".join(PATHS) + " (d2input: "
+                   "tfmrcnn's Predictor on detectron2's resized images, which isolates resize "
+                   "differences; implies --save-resized)")
     p.add_argument("--workdir", help="default: output/parity/<config name>_seed<seed>")
     p.add_argument("--reference-python", default=os.path.join(ROOT, ".venv-reference", "bin",
                                                               "python"))
@@ -68,14 +70,20 @@ def parse_args(argv=None):
     unknown = sorted(set(args.paths) - set(PATHS))
     if unknown:
         p.error(f"unknown --paths {unknown}; choose from {PATHS}")
+    args.save_resized = args.save_resized or "d2input" in args.paths
     if not args.workdir:
         stem = os.path.splitext(os.path.basename(args.config))[0]
         args.workdir = os.path.join(ROOT, "output", "parity", f"{stem}_seed{args.seed}")
     return args
 
 
+class StepFailed(RuntimeError):
+    """A command of the harness failed; the message ends with its log's tail."""
+
+
 def run(cmd: List[str], log_path: str) -> float:
-    """Run cmd with its output in log_path; seconds taken. Fails with the log's tail."""
+    """Run cmd with its output in log_path; seconds taken. Raises StepFailed with the log's
+    tail."""
     start = time.perf_counter()
     env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2", PYTHONPATH=ROOT)
     with open(log_path, "w") as log:
@@ -83,7 +91,7 @@ def run(cmd: List[str], log_path: str) -> float:
     if code != 0:
         with open(log_path) as f:
             tail = f.read()[-3000:]
-        raise SystemExit(f"{' '.join(cmd)} failed ({code}); {log_path} ends with:\n{tail}")
+        raise StepFailed(f"{' '.join(cmd)} failed ({code}); {log_path} ends with:\n{tail}")
     return time.perf_counter() - start
 
 
@@ -92,7 +100,7 @@ def _xywh_to_xyxy(b):
 
 
 # ------------------------------------------------------------------------------ detectron2
-def detectron2_step(args, d2_dir: str, image_dir: str) -> Dict:
+def detectron2_step(args, d2_dir: str, image_dir: str) -> None:
     """shapes.json, weights.pkl, d2_config.yaml, detections.json (reused when present)."""
     manifest = {"config": args.config, "seed": args.seed, "sizes": args.sizes,
                 "input_scale": INPUT_SCALE}
@@ -104,13 +112,13 @@ def detectron2_step(args, d2_dir: str, image_dir: str) -> Dict:
         with open(manifest_path) as f:
             if json.load(f) == json.loads(json.dumps(manifest)):
                 print(f"reusing detectron2's results in {d2_dir} (--rerun-d2 to redo)")
-                return {"seconds": 0.0}
+                return
     os.makedirs(d2_dir, exist_ok=True)
     py = args.reference_python
     if not os.path.isfile(py):
         raise SystemExit(f"{py} not found: run `bash scripts/setup_reference.sh` first")
     shapes_path = os.path.join(d2_dir, "shapes.json")
-    seconds = run([py, WORKER, "shapes", "--config", args.config, "--output", shapes_path,
+    run([py, WORKER, "shapes", "--config", args.config, "--output", shapes_path,
                    "--d2-config-out", os.path.join(d2_dir, "d2_config.yaml")],
                   os.path.join(d2_dir, "shapes.log"))
     with open(shapes_path) as f:
@@ -123,21 +131,20 @@ def detectron2_step(args, d2_dir: str, image_dir: str) -> Dict:
            "--threads", str(args.threads)]
     if args.save_resized:
         cmd += ["--resized-out", resized_path]
-    seconds += run(cmd, os.path.join(d2_dir, "predict.log"))
+    run(cmd, os.path.join(d2_dir, "predict.log"))
     with open(manifest_path, "w") as f:
         json.dump(manifest, f)
-    return {"seconds": seconds}
 
 
 def load_d2_detections(d2_dir: str, cats):
     """(file_name -> detections with dataset category ids (label k -> k-th category by id),
-    file_name -> (h, w) detectron2 resized the image to)."""
+    detectron2's per-image records: resized (h, w), seconds)."""
     ids = [c["id"] for c in sorted(cats, key=lambda c: c["id"])]
     with open(os.path.join(d2_dir, "detections.json")) as f:
         data = json.load(f)
     dets = {im["file_name"]: [dict(d, category_id=ids[d["label"]]) for d in im["detections"]]
             for im in data["images"]}
-    return dets, {im["file_name"]: im["resized"] for im in data["images"]}
+    return dets, {im["file_name"]: im for im in data["images"]}
 
 
 # ------------------------------------------------------------------------------ tfmrcnn
@@ -173,26 +180,56 @@ def tfmrcnn_saved_model(args, model_dir, image_dir, out_dir, records, cats):
                    "--output", out_dir, *args.overrides], os.path.join(out_dir + ".log"))
     import cv2
     import tensorflow as tf
-    from pycocotools import mask as mask_util
 
     from tfmrcnn.export.saved_model import load_saved_model
 
     start = time.perf_counter()
     serve = load_saved_model(out_dir).signatures["serving_default"]
-    ids = [c["id"] for c in sorted(cats, key=lambda c: c["id"])]
-    dets: Dict[str, List[Dict]] = {}
+    dets = {}
     for r in records:
-        out = {k: v.numpy() for k, v in serve(
-            image=tf.constant(cv2.imread(os.path.join(image_dir, r["file_name"])))).items()}
-        dets[r["file_name"]] = []
-        for i in range(int(out["num_detections"])):
-            det = {"box": out["boxes"][i].tolist(), "score": float(out["scores"][i]),
-                   "category_id": ids[int(out["classes"][i])]}
-            if "masks" in out:
-                rle = mask_util.encode(np.asfortranarray(out["masks"][i]))
-                det["segmentation"] = {"size": list(rle["size"]), "counts": rle["counts"].decode()}
-            dets[r["file_name"]].append(det)
+        out = serve(image=tf.constant(cv2.imread(os.path.join(image_dir, r["file_name"]))))
+        dets[r["file_name"]] = _arrays_to_dets({k: v.numpy() for k, v in out.items()}, cats)
     return dets, seconds + time.perf_counter() - start
+
+
+def tfmrcnn_on_d2_input(args, model_dir, d2_dir, records, cats):
+    """tfmrcnn's Predictor on the images as detectron2 resized them (our shape rule maps those
+    sizes to themselves, so nothing is resampled), rescaled to the original sizes: parity
+    without our pixel resize."""
+    from tfmrcnn.checkpoint.model_dir import load_model
+    from tfmrcnn.inference.predictor import Predictor
+
+    start = time.perf_counter()
+    cfg, model = load_model(model_dir, args.overrides)
+    predictor = Predictor(cfg, model)
+    resized = np.load(os.path.join(d2_dir, "resized.npz"))
+    dets = {}
+    for r in records:
+        image = resized[r["file_name"]]
+        images, sizes = predictor.preprocess([image])
+        if tuple(sizes[0]) != image.shape[:2]:
+            raise StepFailed(f"d2input: tfmrcnn resizes {r['file_name']}'s {image.shape[:2]} "
+                             f"input to {tuple(sizes[0])}")
+        out = predictor.postprocess(predictor.run_model(images, sizes), sizes,
+                                    [(r["height"], r["width"])])[0]
+        dets[r["file_name"]] = _arrays_to_dets(out, cats)
+    return dets, time.perf_counter() - start
+
+
+def _arrays_to_dets(out, cats) -> List[Dict]:
+    """boxes (D, 4), scores, classes (contiguous), optional masks (D, H, W) -> detections."""
+    from pycocotools import mask as mask_util
+
+    ids = [c["id"] for c in sorted(cats, key=lambda c: c["id"])]
+    dets = []
+    for i in range(len(out["boxes"])):
+        det = {"box": np.asarray(out["boxes"][i]).tolist(), "score": float(out["scores"][i]),
+               "category_id": ids[int(out["classes"][i])]}
+        if out.get("masks") is not None:
+            rle = mask_util.encode(np.asfortranarray(np.asarray(out["masks"][i], np.uint8)))
+            det["segmentation"] = {"size": list(rle["size"]), "counts": rle["counts"].decode()}
+        dets.append(det)
+    return dets
 
 
 # ------------------------------------------------------------------------------ scoring
@@ -281,26 +318,29 @@ def print_report(report: Dict) -> None:
     print(f"matched: same class, box IoU >= {STRICT[0]}, |score diff| <= {STRICT[1]} "
           f"(loose: IoU >= {LOOSE[0]}, <= {LOOSE[1]}); AP: COCO 0.5:0.95 on gt.json, in points")
     header = (f"{'path':<11} {'dets':>5} {'matched':>8} {'loose':>7} {'maskIoU':>8} "
-              f"{'boxAP':>7} {'dBoxAP':>7} {'maskAP':>7} {'dMaskAP':>7} {'sec':>6}")
+              f"{'boxAP':>7} {'dBoxAP':>7} {'maskAP':>7} {'dMaskAP':>7}")
     print(header + "\n" + "-" * len(header))
     ap = d2["ap"]
     print(f"{'detectron2':<11} {d2['detections']:>5} {'':>8} {'':>7} {'':>8} "
-          f"{ap['bbox']:>7.2f} {'':>7} {ap.get('segm', float('nan')):>7.2f} {'':>7} "
-          f"{d2['seconds']:>6.0f}")
+          f"{ap['bbox']:>7.2f} {'':>7} {ap.get('segm', float('nan')):>7.2f}")
+    paths = {name: r for name, r in report["paths"].items() if "error" not in r}
     for name, r in report["paths"].items():
+        if "error" in r:
+            print(f"{name:<11} FAILED: {r['error'].splitlines()[-1]}")
+            continue
         miou = "-" if r["mask_iou"] is None else f"{r['mask_iou']:.4f}"
         segm = r["ap"].get("segm", float("nan"))
         print(f"{name:<11} {r['our_detections']:>5} {100 * r['matched']:>7.2f}% "
               f"{100 * r['matched_loose']:>6.1f}% {miou:>8} {r['ap']['bbox']:>7.2f} "
               f"{r['ap']['bbox'] - ap['bbox']:>+7.2f} {segm:>7.2f} "
-              f"{segm - ap.get('segm', float('nan')):>+7.2f} {r['seconds']:>6.0f}")
+              f"{segm - ap.get('segm', float('nan')):>+7.2f}")
     print("\nper image: matched / detectron2's detections (loose)" +
           ("; resize vs detectron2's input: % values differing, max grey-level diff"
            if report.get("resize") else ""))
     for im in report["images"]:
         name = im["file_name"]
         cells = [f"{p}: {r['per_image'][name]['matched']}/{r['per_image'][name]['d2']} "
-                 f"({r['per_image'][name]['loose']})" for p, r in report["paths"].items()]
+                 f"({r['per_image'][name]['loose']})" for p, r in paths.items()]
         line = f"  {name:<22} -> {im['resized'][0]}x{im['resized'][1]:<5} " + "  ".join(cells)
         rz = (report.get("resize") or {}).get(name)
         if rz:
@@ -314,16 +354,16 @@ def main(argv=None) -> int:
     image_dir, d2_dir, tf_dir = (os.path.join(work, s) for s in ("images", "d2", "tfmrcnn"))
     os.makedirs(tf_dir, exist_ok=True)
     records = parity_images.make_images(image_dir, args.sizes, args.seed)
-    d2_run = detectron2_step(args, d2_dir, image_dir)
+    detectron2_step(args, d2_dir, image_dir)
     with open(os.path.join(d2_dir, "shapes.json")) as f:
         info = json.load(f)
     mask_on = info["mask_on"]
     cats = parity_images.categories(info["num_classes"])
-    ref, resized = load_d2_detections(d2_dir, cats)
+    ref, d2_images = load_d2_detections(d2_dir, cats)
     gt = parity_images.annotations_from_detections(records, ref, cats, args.seed)
     gt_path = parity_images.write_json(os.path.join(work, "gt.json"), gt)
     for r in records:
-        r["resized"] = resized[r["file_name"]]
+        r["resized"] = d2_images[r["file_name"]]["resized"]
     model_dir = os.path.join(tf_dir, "model")
     convert_s = run([sys.executable, "-m", "tfmrcnn.cli.convert", os.path.join(d2_dir,
                      "weights.pkl"), "--d2-config", os.path.join(d2_dir, "d2_config.yaml"),
@@ -338,20 +378,27 @@ def main(argv=None) -> int:
         "savedmodel": lambda: tfmrcnn_saved_model(args, model_dir, image_dir,
                                                   os.path.join(tf_dir, "savedmodel"), gt["images"],
                                                   cats),
+        "d2input": lambda: tfmrcnn_on_d2_input(args, model_dir, d2_dir, gt["images"], cats),
     }
     scores = [d["score"] for ds in ref.values() for d in ds]
     report = {
         "config": args.config, "seed": args.seed, "overrides": args.overrides,
         "images": [{k: r[k] for k in ("file_name", "height", "width", "resized")}
                    for r in records],
-        "d2": {"detections": len(scores), "seconds": d2_run["seconds"],
+        "d2": {"detections": len(scores),
+               "seconds": sum(im["seconds"] for im in d2_images.values()),
                "score_percentiles": (np.percentile(scores, [10, 50, 90]).tolist()
                                      if scores else [0.0] * 3),
                "ap": coco_ap(gt, ref, mask_on)},
         "paths": {},
     }
     for name in args.paths:
-        dets, seconds = runners[name]()
+        try:
+            dets, seconds = runners[name]()
+        except StepFailed as e:
+            print(f"{name}: {e}", file=sys.stderr)
+            report["paths"][name] = {"error": str(e)}
+            continue
         result = compare(ref, dets, mask_on)
         result.update(ap=coco_ap(gt, dets, mask_on), seconds=seconds)
         report["paths"][name] = result
@@ -362,8 +409,11 @@ def main(argv=None) -> int:
         json.dump(report, f, indent=1)
     print_report(report)
     print(f"\nwritten: {os.path.join(work, 'parity.json')}")
-    return 0
+    return 1 if any("error" in r for r in report["paths"].values()) else 0
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    try:
+        sys.exit(main())
+    except StepFailed as e:
+        sys.exit(f"run_parity: {e}")

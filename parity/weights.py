@@ -8,9 +8,11 @@ The values are scaled so that a deep random network still gives detections whose
 out (a network whose scores all sit near one value would hide differences):
 
 - convs and linears: He normal, std = gain / sqrt(fan_in); gain sqrt(2) where a ReLU follows,
-  1 for the FPN's linear convs, and a larger gain on the output layers so that logits spread
-  (``_OUTPUT_GAINS``); the stem divides by the input's scale (pixels are 0..255 less the mean,
-  divided by PIXEL_STD);
+  1 for the FPN's linear convs, and per output layer (``_OUTPUT_GAINS``) a gain that makes
+  logits spread without saturating (measured with R50-FPN on the harness's images: class
+  logits RMS ~2.4, scores of the kept detections 0.4 to 0.95, box deltas ~0.1, mask logits
+  RMS ~3.5); the stem divides by the input's scale (pixels are 0..255 less the mean, divided
+  by PIXEL_STD);
 - BN-family norms (FrozenBN, BN, SyncBN): running_var ~ U(0.5, 2), running_mean ~ N(0, 0.1),
   weight = sqrt(running_var + eps) * U(0.8, 1.2), so that each norm is nearly an identity
   with a little per-channel variation; GN: weight ~ U(0.8, 1.2);
@@ -36,7 +38,8 @@ RESIDUAL_GAIN = 0.25
 # Typical magnitude of (pixel - PIXEL_MEAN) for natural-looking images, in pixel units.
 INPUT_SCALE = 50.0
 
-# Output layers (name pattern -> gain): the logits' spread, relative to unit-RMS features.
+# Output layers (name pattern -> gain), tuned on R50-FPN (module docstring); the features
+# feeding them are not unit-RMS (the box head's are ~5), hence gains below 1.
 _OUTPUT_GAINS: Tuple[Tuple[str, float], ...] = (
     (r"objectness_logits\.weight$", 1.0),
     (r"anchor_deltas\.weight$", 0.1),
