@@ -51,6 +51,7 @@ def run(args):
     from tfmrcnn.config import get_cfg
     from tfmrcnn.data import transforms as T
     from tfmrcnn.data.pipeline import build_train_dataset
+    from tfmrcnn.data.resize import resize_image, resize_shortest_edge_shape
 
     quick = getattr(args, "quick", False)
     hw = (240, 320) if quick else (480, 640)
@@ -64,8 +65,8 @@ def run(args):
         t = args.time(lambda: cv2.imdecode(buf, cv2.IMREAD_COLOR))
         rows.append({"stage": "decode", "image": "%dx%d" % hw, "ms_per_image": t * 1e3})
         image = tf.constant(cv2.imdecode(buf, cv2.IMREAD_COLOR))
-        new_h, new_w = T.resize_shortest_edge_shape(hw[0], hw[1], short[-1], max_size)
-        t = args.time(lambda: T.resize_image(image, new_h, new_w))
+        new_h, new_w = resize_shortest_edge_shape(hw[0], hw[1], short[-1], max_size)
+        t = args.time(lambda: resize_image(image, new_h, new_w))
         rows.append({"stage": "resize", "image": f"{new_h}x{new_w}", "ms_per_image": t * 1e3})
         params = T.TransformParams(hw[0], hw[1], new_h, new_w, True)
         t = args.time(lambda: T.transform_annotations(dicts[0]["annotations"], params))

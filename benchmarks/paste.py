@@ -2,15 +2,16 @@
 
 Paste problem: 100 masks of 28x28 probabilities (smooth blobs), boxes with sides log-uniform in
 16..600 px, on an 800x1333 image.
-  ours-numpy     tfmrcnn paste_masks_in_image: separable bilinear (two taps per axis, gathers)
-                 over each box's pixel window only
-  ours-tf        paste_masks_in_image_tf: the same over the whole image, batched gathers (for
-                 SavedModels / accelerators; on CPU it pays for R x H x W float temporaries)
+  ours-packed    tfmrcnn's paste as the Python test-time path runs it: paste_masks_packed
+                 (separable bilinear, two taps per axis, gathers, over each box's pixel window
+                 only; traced) + unpack_masks into NumPy
+  ours-whole     paste_masks_in_image: the same windows padded to whole (R, H, W) masks in the
+                 graph (the SavedModel's output)
   cv2-per-mask   the usual shortcut (tensorpack / Detectron1 style): cv2.resize the mask to the
                  rounded box size, threshold, copy into the image; not detectron2's sampling
   d2-grid-numpy  detectron2's algorithm as written there: a full-image sampling grid per mask
                  and 4 corner gathers (slow: timed once on 10 masks and scaled)
-mismatch_px is the number of pixels differing from ours-numpy (detectron2-exact).
+mismatch_px is the number of pixels differing from ours-packed (detectron2-exact).
 
 Evaluation split: a synthetic set of images with 100 detections each is post-processed
 (rescale + paste + RLE) and scored with COCOeval (bbox + segm); times are per image.
@@ -27,7 +28,10 @@ import numpy as np
 
 from tfmrcnn.evaluation.coco_evaluation import COCOEvaluator
 from tfmrcnn.evaluation import rle
-from tfmrcnn.inference.paste import paste_masks_in_image, paste_masks_in_image_tf, paste_windows
+import tensorflow as tf
+
+from tfmrcnn.inference.paste import (paste_masks_in_image, paste_masks_packed, paste_windows,
+                                     unpack_masks)
 from tfmrcnn.inference.postprocess import detector_postprocess
 
 
@@ -88,14 +92,18 @@ def d2_grid_paste(masks, boxes, image_hw, threshold=0.5):
 def _paste_rows(args):
     num, hw = (20, (400, 667)) if args.quick else (100, (800, 1333))
     masks, boxes, hw = make_problem(num, hw)
-    ref = paste_masks_in_image(masks, boxes, hw)
-    rows = [{"case": f"paste {num} masks {hw[0]}x{hw[1]}", "impl": "ours-numpy",
-             "seconds": args.time(lambda: paste_masks_in_image(masks, boxes, hw)),
-             "mismatch_px": 0}]
-    tf_out = paste_masks_in_image_tf(masks, boxes, hw).numpy()
-    rows.append({"case": rows[0]["case"], "impl": "ours-tf",
-                 "seconds": args.time(lambda: paste_masks_in_image_tf(masks, boxes, hw)),
-                 "mismatch_px": int((tf_out != ref).sum())})
+    packed_fn, whole_fn = tf.function(paste_masks_packed), tf.function(paste_masks_in_image)
+
+    def packed():
+        return unpack_masks(*[t.numpy() for t in packed_fn(masks, boxes, hw)], hw)
+
+    ref = packed()
+    rows = [{"case": f"paste {num} masks {hw[0]}x{hw[1]}", "impl": "ours-packed",
+             "seconds": args.time(packed), "mismatch_px": 0}]
+    whole = whole_fn(masks, boxes, hw).numpy()
+    rows.append({"case": rows[0]["case"], "impl": "ours-whole",
+                 "seconds": args.time(lambda: whole_fn(masks, boxes, hw).numpy()),
+                 "mismatch_px": int((whole != ref).sum())})
     rows.append({"case": rows[0]["case"], "impl": "cv2-per-mask",
                  "seconds": args.time(lambda: cv2_paste(masks, boxes, hw)),
                  "mismatch_px": int((cv2_paste(masks, boxes, hw) != ref).sum())})
@@ -106,7 +114,7 @@ def _paste_rows(args):
     rows.append({"case": rows[0]["case"], "impl": f"d2-grid-numpy ({sub} masks x{num / sub:g})",
                  "seconds": (time.perf_counter() - start) * num / sub,
                  "mismatch_px": int((grid != ref[:sub]).sum())})
-    windows = paste_windows(boxes, hw)
+    windows = paste_windows(boxes, hw).numpy()
     rows.append({"case": f"RLE {num} pasted masks", "impl": "pycocotools encode (full masks)",
                  "seconds": args.time(lambda: rle.encode_masks(ref))})
     rows.append({"case": f"RLE {num} pasted masks", "impl": "windowed counts + compress",

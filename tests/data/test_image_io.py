@@ -73,12 +73,14 @@ def test_missing_and_non_image_files(tmp_path):
 
 def test_eval_and_predict_read_through_the_strict_decoder(tmp_path):
     from tfmrcnn.cli.predict import _read_batch
-    from tfmrcnn.evaluation.inference import read_image_bgr
+    from tfmrcnn.config import get_cfg
+    from tfmrcnn.evaluation.inference import _load_batch
+    from tfmrcnn.inference.predictor import Predictor
 
     data = _encoded(".jpg", _noise(80, 90))
     (tmp_path / "cut.jpg").write_bytes(data[:len(data) // 2])
     (tmp_path / "ok.jpg").write_bytes(data)
     with pytest.raises(OSError, match="cut.jpg"):
-        read_image_bgr(str(tmp_path / "cut.jpg"))
+        _load_batch([{"file_name": str(tmp_path / "cut.jpg")}], Predictor(get_cfg(), model=None))
     good = _read_batch([str(tmp_path / "cut.jpg"), str(tmp_path / "ok.jpg")])
     assert [i for i, _ in good] == [1]

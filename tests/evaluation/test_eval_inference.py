@@ -1,4 +1,4 @@
-"""Test-time resize / batching and inference_on_dataset end to end with a stand-in model."""
+"""inference_on_dataset end to end with a stand-in model."""
 import json
 
 import numpy as np
@@ -8,28 +8,6 @@ import coco_toy_set as toy
 from tfmrcnn.config import get_cfg
 from tfmrcnn.evaluation.coco_evaluation import COCOEvaluator
 from tfmrcnn.evaluation.inference import inference_on_dataset
-from tfmrcnn.data.resize import eval_resize_shape, pad_batch, prepare_eval_images
-
-
-def test_resize_shape_equals_detectron2_table(fixtures_dir):
-    table = np.load(fixtures_dir / "d2" / "resize_shortest_edge.npz")["table"]
-    for in_h, in_w, short, max_size, out_h, out_w in table:
-        assert eval_resize_shape(in_h, in_w, short, max_size) == (out_h, out_w)
-    assert eval_resize_shape(480, 640, 0, 1333) == (480, 640)      # MIN_SIZE_TEST 0: no resize
-
-
-def test_pad_batch_and_prepare():
-    a = np.full((30, 50, 3), 7, np.uint8)
-    b = np.full((40, 20, 3), 9, np.uint8)
-    batch, sizes = pad_batch([a, b], 32)
-    assert batch.shape == (2, 64, 64, 3) and batch.dtype == np.float32
-    np.testing.assert_array_equal(sizes, [[30, 50], [40, 20]])
-    assert (batch[0, :30, :50] == 7).all()
-    assert (batch[0, 30:] == 0).all() and (batch[0, :, 50:] == 0).all()
-    images, sizes = prepare_eval_images([a, b], 60, 100, 32)
-    np.testing.assert_array_equal(sizes, [[60, 100], [100, 50]])   # long side capped at 100
-    assert images.shape == (2, 128, 128, 3)
-    assert (images[0, :60, :100] == 7).all() and (images[1, :100, :50] == 9).all()
 
 
 @pytest.mark.parametrize("batch_size", [1, 3])

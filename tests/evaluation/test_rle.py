@@ -3,7 +3,7 @@ import numpy as np
 import pycocotools.mask as mask_util
 
 from tfmrcnn.evaluation import rle as rle_module
-from tfmrcnn.evaluation.rle import encode_masks, window_rle_counts
+from tfmrcnn.evaluation.rle import encode_masks, encode_pasted_masks, window_rle_counts
 from tfmrcnn.inference.paste import paste_masks_in_image, paste_windows
 
 
@@ -26,11 +26,12 @@ def test_windowed_encoding_of_pasted_masks(monkeypatch):
     masks = rng.uniform(0, 1, (40, 28, 28)).astype(np.float32)
     masks[0] = 1.0
     masks[1] = 0.0                               # empty mask
-    pasted = paste_masks_in_image(masks, boxes, (h, w))
-    windows = paste_windows(boxes, (h, w))
+    pasted = paste_masks_in_image(masks, boxes, (h, w)).numpy()
+    windows = paste_windows(boxes, (h, w)).numpy()
     full = encode_masks(pasted)
     monkeypatch.setattr(rle_module, "_WINDOWED_MAX_FRACTION", 1.0)   # always take the window path
     ours = encode_masks(pasted, windows)
+    assert encode_pasted_masks(pasted, boxes) == ours                 # the windows of the boxes
     for k in range(len(pasted)):
         assert ours[k] == _reference(pasted[k]) == full[k], k
         counts = window_rle_counts(pasted[k], windows[k])

@@ -83,12 +83,12 @@ def _error(message: str) -> None:
 
 def _read_batch(paths):
     """[(index in paths, image)] of the readable images; an error line for each other one."""
-    from tfmrcnn.evaluation.inference import read_image_bgr
+    from tfmrcnn.data.image_io import read_image
 
     good = []
     for i, path in enumerate(paths):
         try:
-            good.append((i, read_image_bgr(path)))
+            good.append((i, read_image(path)))
         except (OSError, ValueError) as e:
             _error(f"{e}; skipped")
     return good

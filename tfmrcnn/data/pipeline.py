@@ -37,6 +37,7 @@ import tensorflow as tf
 from tfmrcnn.data import transforms as T
 from tfmrcnn.data.coco import filter_images_with_only_crowd_annotations
 from tfmrcnn.data.image_io import ImageReadError, read_image
+from tfmrcnn.data.resize import resize_shortest_edge_shape
 
 __all__ = ["TrainSampler", "ImageLoader", "build_train_dataset", "per_process_batch_size",
            "NoUsableImageError"]
@@ -163,7 +164,7 @@ class ImageLoader:
             return self._fail(index, f"{record['file_name']} decodes to {h}x{w}, its record "
                                      f"says {record['height']}x{record['width']} (changed since "
                                      f"the data set check?)")
-        new_h, new_w = T.resize_shortest_edge_shape(h, w, int(short), self.max_size)
+        new_h, new_w = resize_shortest_edge_shape(h, w, int(short), self.max_size)
         params = T.TransformParams(h, w, new_h, new_w, bool(flip))
         targets = T.transform_annotations(record.get("annotations", []), params, self.with_masks)
         g = len(targets["classes"])

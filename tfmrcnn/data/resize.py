@@ -1,62 +1,67 @@
-"""Test-time image preparation: detectron2's ResizeShortestEdge + padding into a batch.
+"""detectron2's ResizeShortestEdge, for training and test time: the output shape and the pixels.
 
-Convention (detectron2 ``data/transforms/augmentation_impl.py: ResizeShortestEdge``)
-------------------------------------------------------------------------------------
-``scale = short_edge / min(h, w)``; if the long side then exceeds ``max_size`` both sides are
-rescaled by ``max_size / long side``; each side is rounded as ``int(side + 0.5)``.
-``short_edge == 0`` means no resizing (detectron2 skips the augmentation). The shape rule and
-the pixel resize are the training pipeline's (`tfmrcnn.data.transforms`); this module adds the
-test-time wrapper and the batch padding.
-Pixels are resized on uint8 with bilinear interpolation that antialiases when shrinking (PIL's
+Shape (detectron2 ``ResizeShortestEdge.get_output_shape``)
+----------------------------------------------------------
+``scale = short / min(h, w)``; the short side goes to ``short``, the other to ``scale * side``;
+if the long side then exceeds ``max_size`` both are rescaled by ``max_size / long side``; each
+side is rounded as ``int(side + 0.5)``, all in Python floats (float64). ``short <= 0`` keeps the
+size (detectron2 returns a NoOpTransform). `resize_shortest_edge_shape` (Python) and
+`resize_shortest_edge_shape_tf` (graph) are the same rule, tested equal.
+
+Pixels
+------
+uint8 images are resized with bilinear interpolation that antialiases when shrinking (PIL's
 behaviour), which ``tf.image.resize(bilinear, antialias=True)`` followed by rounding reproduces
-within one grey level (measured, see the conventions doc). Images are BGR, padded with zeros
-bottom/right to a multiple of ``size_divisibility``.
+within one grey level (measured, see the conventions doc).
 """
 from __future__ import annotations
 
-import numpy as np
+from typing import Tuple
 
-from tfmrcnn.data import transforms as T
+import tensorflow as tf
 
-__all__ = ["eval_resize_shape", "resize_for_eval", "pad_batch", "prepare_eval_images"]
-
-
-def eval_resize_shape(height, width, min_size, max_size):
-    """(new_h, new_w) at test time: ResizeShortestEdge, or the original size when min_size == 0."""
-    if min_size <= 0:
-        return int(height), int(width)
-    return T.resize_shortest_edge_shape(int(height), int(width), int(min_size), int(max_size))
+__all__ = ["resize_shortest_edge_shape", "resize_shortest_edge_shape_tf", "resize_image"]
 
 
-def resize_for_eval(image, min_size, max_size):
-    """(H, W, 3) uint8 BGR -> (h, w, 3) uint8 resized like detectron2's test-time augmentation."""
-    new_h, new_w = eval_resize_shape(image.shape[0], image.shape[1], min_size, max_size)
-    if (new_h, new_w) == tuple(image.shape[:2]):
-        return np.asarray(image)
-    return T.resize_image(image, new_h, new_w).numpy()
+def resize_shortest_edge_shape(h: int, w: int, short: int, max_size: int) -> Tuple[int, int]:
+    """(new_h, new_w) of detectron2's ResizeShortestEdge for an (h, w) image."""
+    h, w = int(h), int(w)
+    if short <= 0:
+        return h, w
+    scale = float(short) / min(h, w)
+    if h < w:
+        newh, neww = float(short), scale * w
+    else:
+        newh, neww = scale * h, float(short)
+    if max(newh, neww) > max_size:
+        rescale = float(max_size) / max(newh, neww)
+        newh, neww = newh * rescale, neww * rescale
+    return int(newh + 0.5), int(neww + 0.5)
 
 
-def pad_batch(images, size_divisibility=32):
-    """Stack (h_i, w_i, 3) images into (B, Hp, Wp, 3) float32, zero-padded bottom/right.
+def resize_shortest_edge_shape_tf(height, width, short: int, max_size: int):
+    """Graph form of `resize_shortest_edge_shape`: (new_h, new_w) int32 tensors.
 
-    Hp, Wp are the largest h, w of the batch rounded up to a multiple of size_divisibility.
-    Returns (batch, image_sizes (B, 2) int32 (h, w) before padding).
+    height, width: int tensors of any (equal) shape; short, max_size: Python ints.
     """
-    sizes = np.array([im.shape[:2] for im in images], np.int32).reshape(-1, 2)
-    height, width = sizes.max(axis=0)
-    if size_divisibility > 1:
-        height = -(-height // size_divisibility) * size_divisibility
-        width = -(-width // size_divisibility) * size_divisibility
-    batch = np.zeros((len(images), height, width, 3), np.float32)
-    for i, im in enumerate(images):
-        batch[i, :im.shape[0], :im.shape[1]] = im
-    return batch, sizes
+    height, width = tf.cast(height, tf.int32), tf.cast(width, tf.int32)
+    if short <= 0:
+        return height, width
+    # float64, as detectron2 computes with Python floats: same rounding at .5 boundaries
+    h, w = tf.cast(height, tf.float64), tf.cast(width, tf.float64)
+    short_f = tf.constant(float(short), tf.float64)
+    scale = short_f / tf.minimum(h, w)
+    new_h = tf.where(h < w, short_f, scale * h)
+    new_w = tf.where(h < w, scale * w, short_f)
+    longest = tf.maximum(new_h, new_w)
+    rescale = tf.where(longest > float(max_size), float(max_size) / longest,
+                       tf.constant(1.0, tf.float64))
+    new_h, new_w = new_h * rescale, new_w * rescale
+    return (tf.cast(tf.floor(new_h + 0.5), tf.int32), tf.cast(tf.floor(new_w + 0.5), tf.int32))
 
 
-def prepare_eval_images(images_bgr, min_size, max_size, size_divisibility=32):
-    """Resize each (H, W, 3) uint8 BGR image and pad them into one model batch.
-
-    Returns (images (B, Hp, Wp, 3) float32 BGR 0..255, image_sizes (B, 2) int32 resized (h, w)).
-    """
-    return pad_batch([resize_for_eval(im, min_size, max_size) for im in images_bgr],
-                     size_divisibility)
+def resize_image(image, new_h, new_w) -> tf.Tensor:
+    """(H, W, 3) uint8 -> (new_h, new_w, 3) uint8, antialiased bilinear, rounded (PIL-like)."""
+    out = tf.image.resize(tf.cast(image, tf.float32), tf.stack([new_h, new_w]),
+                          method="bilinear", antialias=True)
+    return tf.cast(tf.clip_by_value(tf.round(out), 0.0, 255.0), tf.uint8)

@@ -3,47 +3,33 @@
 Conventions
 -----------
 * Coordinates are continuous: pixel (i, j) spans [j, j+1] x [i, i+1]; boxes are xyxy.
-* ResizeShortestEdge (detectron2 ``ResizeShortestEdge.get_output_shape``): the short side goes to
-  ``short``; if the long side would then exceed ``max_size`` the long side goes to ``max_size``
-  instead; each side is rounded with ``int(x + 0.5)``. Coordinates scale by new/old per axis.
+* ResizeShortestEdge: the output shape and the pixels are `tfmrcnn.data.resize`'s.
+  Coordinates scale by new/old per axis.
 * Horizontal flip maps x to ``W - x`` (W = width after resizing); resize happens before flip.
 * Masks are rasterised after the geometric transform: polygons are transformed and then
   rasterised at the resized size with pycocotools (as detectron2's PolygonMasks); RLE masks are
   decoded at the original size, resized with nearest neighbour (PIL NEAREST sampling) and flipped.
-* The image is resized with ``tf.image.resize(bilinear, antialias=True)`` on uint8 and rounded:
-  this matches the PIL bilinear resize detectron2 uses within one grey level.
 * Boxes are clipped to the image; instances whose clipped box has a side <= 1e-5 are dropped
   (detectron2's ``filter_empty_instances``). Crowd regions are kept apart (``crowd_boxes``).
 """
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Dict, List, Sequence, Tuple
+from typing import Dict, List, Sequence
 
 import cv2
 import numpy as np
 import pycocotools.mask as mask_util
 import tensorflow as tf
 
+from tfmrcnn.data.resize import resize_image
+
 __all__ = [
-    "resize_shortest_edge_shape", "sample_short_edge", "TransformParams", "transform_annotations",
-    "resize_image", "flip_image", "apply_to_image", "EMPTY_BOX_THRESHOLD",
+    "sample_short_edge", "TransformParams", "transform_annotations", "flip_image",
+    "apply_to_image", "EMPTY_BOX_THRESHOLD",
 ]
 
 EMPTY_BOX_THRESHOLD = 1e-5  # detectron2 Boxes.nonempty threshold
-
-
-def resize_shortest_edge_shape(h: int, w: int, short: int, max_size: int) -> Tuple[int, int]:
-    """(new_h, new_w) of detectron2's ResizeShortestEdge for an (h, w) image."""
-    scale = float(short) / min(h, w)
-    if h < w:
-        newh, neww = float(short), scale * w
-    else:
-        newh, neww = scale * h, float(short)
-    if max(newh, neww) > max_size:
-        rescale = float(max_size) / max(newh, neww)
-        newh, neww = newh * rescale, neww * rescale
-    return int(newh + 0.5), int(neww + 0.5)
 
 
 def sample_short_edge(rng: np.random.Generator, sizes: Sequence[int], sampling: str) -> int:
@@ -146,13 +132,6 @@ def transform_annotations(annotations: Sequence[dict], params: TransformParams,
         "masks": np.stack(masks).astype(np.uint8) if masks else np.zeros(mask_shape, np.uint8),
         "crowd_boxes": np.asarray(crowd, np.float32).reshape(-1, 4),
     }
-
-
-def resize_image(image: tf.Tensor, new_h, new_w) -> tf.Tensor:
-    """(H, W, 3) uint8 -> (new_h, new_w, 3) uint8, antialiased bilinear, rounded (PIL-like)."""
-    out = tf.image.resize(tf.cast(image, tf.float32), tf.stack([new_h, new_w]),
-                          method="bilinear", antialias=True)
-    return tf.cast(tf.clip_by_value(tf.round(out), 0.0, 255.0), tf.uint8)
 
 
 def flip_image(image: tf.Tensor, flip) -> tf.Tensor:

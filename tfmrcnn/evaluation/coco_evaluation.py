@@ -33,7 +33,7 @@ from pycocotools.cocoeval import COCOeval
 
 from tfmrcnn.data.coco import category_maps
 from tfmrcnn.distributed import barrier, world
-from tfmrcnn.evaluation.rle import encode_masks
+from tfmrcnn.evaluation.rle import encode_masks, encode_pasted_masks
 from tfmrcnn.utils.file_io import read_json, write_json
 
 __all__ = [
@@ -56,8 +56,8 @@ def instances_to_coco_json(instances, image_id, label_to_category_id):
 
     Args:
         instances: dict with boxes (D, 4) xyxy original pixels, scores (D,), classes (D,)
-            contiguous labels, optional masks (D, H, W) bool and mask_windows (D, 4) (from
-            `detector_postprocess`: only those pixels are read when encoding).
+            contiguous labels, optional masks (D, H, W) bool pasted into those boxes (from
+            `detector_postprocess`: only the boxes' paste windows are read when encoding).
         image_id: the dataset's image id.
         label_to_category_id: sequence or dict, contiguous label -> dataset category id.
     """
@@ -70,7 +70,7 @@ def instances_to_coco_json(instances, image_id, label_to_category_id):
     classes = np.asarray(instances["classes"]).astype(np.int64).tolist()
     rles = None
     if instances.get("masks") is not None:
-        rles = encode_masks(instances["masks"], instances.get("mask_windows"))
+        rles = encode_pasted_masks(instances["masks"], boxes)
     results = []
     for k, box in enumerate(xywh.tolist()):
         result = {"image_id": image_id, "category_id": int(label_to_category_id[classes[k]]),

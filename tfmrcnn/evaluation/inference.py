@@ -1,9 +1,10 @@
 """Run a detector over a dataset (sharded over Horovod ranks) and evaluate it.
 
-Data flow per batch: read BGR uint8 images (a small thread pool reads and resizes the next
-batches while the model runs) -> ResizeShortestEdge(MIN_SIZE_TEST, MAX_SIZE_TEST) + pad to
-SIZE_DIVISIBILITY -> model inference -> `detector_postprocess` to the original image ->
-`evaluator.process`. Image i of the dataset goes to rank ``i % size``.
+Data flow per batch: read BGR uint8 images (a small thread pool reads and preprocesses the next
+batches while the model runs) -> the test-time path of `tfmrcnn.inference.predictor.Predictor`
+(preprocess: ResizeShortestEdge(MIN_SIZE_TEST, MAX_SIZE_TEST) + pad to SIZE_DIVISIBILITY; model
+inference; postprocess to the original image) -> `evaluator.process`. Image i of the dataset
+goes to rank ``i % size``.
 
 Timing: ``inference_s`` is the model call until its outputs are on the host, ``postprocess_s``
 the rescale + mask paste + conversion to COCO results (RLE), ``data_s`` the time spent waiting
@@ -16,76 +17,38 @@ import concurrent.futures
 import logging
 import time
 
-import numpy as np
-
+from tfmrcnn.data.datasets import get_dataset_dicts
 from tfmrcnn.data.image_io import read_image
-from tfmrcnn.data.resize import prepare_eval_images
 from tfmrcnn.distributed import world
-from tfmrcnn.inference.postprocess import detector_postprocess, unbatch_outputs
+from tfmrcnn.inference.predictor import Predictor
 
-__all__ = ["inference_on_dataset", "get_dataset_dicts", "read_image_bgr", "inference_callable"]
+__all__ = ["inference_on_dataset"]
 
 logger = logging.getLogger(__name__)
 
 _PREFETCH_BATCHES = 2
 
 
-def get_dataset_dicts(dataset):
-    """Dataset dicts of a registered name, a (json_file, image_root) pair, or a list of dicts."""
-    if isinstance(dataset, (list, tuple)) and dataset and isinstance(dataset[0], dict):
-        return list(dataset)
-    if isinstance(dataset, str):
-        from tfmrcnn.data.catalog import DatasetCatalog
-
-        return DatasetCatalog.get(dataset)
-    from tfmrcnn.data.coco import load_coco_json
-
-    json_file, image_root = dataset
-    return load_coco_json(json_file, image_root)
-
-
-def read_image_bgr(path):
-    """(H, W, 3) uint8 BGR; raises ImageReadError (an OSError) if the file cannot be read whole
-    (evaluation must not skip images). The one strict decoder: tfmrcnn.data.image_io."""
-    return read_image(path)
-
-
-def inference_callable(model):
-    """The function (images, image_sizes) -> outputs of a model: compiled when it offers one."""
-    if hasattr(model, "make_inference_fn"):
-        return model.make_inference_fn()
-    if hasattr(model, "inference"):
-        return model.inference
-    return model
-
-
-def _load_batch(records, cfg):
+def _load_batch(records, predictor):
     """(records, images, image_sizes). Each record gets the decoded image's height/width:
     detections are rescaled to the image actually read (the data set check makes it equal
     the json's unless DATASETS.TRUST_IMAGE_SIZE, where the file's size is the one to use)."""
-    images = [read_image_bgr(r["file_name"]) for r in records]
+    images = [read_image(r["file_name"]) for r in records]
     records = [dict(r, height=im.shape[0], width=im.shape[1]) for r, im in zip(records, images)]
-    if cfg.INPUT.FORMAT == "RGB":
-        images = [im[:, :, ::-1] for im in images]
-    return (records, *prepare_eval_images(images, cfg.INPUT.MIN_SIZE_TEST,
-                                          cfg.INPUT.MAX_SIZE_TEST, cfg.INPUT.SIZE_DIVISIBILITY))
+    return (records, *predictor.preprocess(images))
 
 
-def _batches(records, batch_size, cfg, executor):
+def _batches(records, batch_size, predictor, executor):
     """Yield _load_batch's (records, images, image_sizes), loading up to _PREFETCH_BATCHES
     ahead."""
     chunks = [records[i:i + batch_size] for i in range(0, len(records), batch_size)]
     pending = collections.deque()
     for chunk in chunks:
-        pending.append(executor.submit(_load_batch, chunk, cfg))
+        pending.append(executor.submit(_load_batch, chunk, predictor))
         if len(pending) > _PREFETCH_BATCHES:
             yield pending.popleft().result()
     while pending:
         yield pending.popleft().result()
-
-
-def _to_host(outputs):
-    return {k: (v.numpy() if hasattr(v, "numpy") else np.asarray(v)) for k, v in outputs.items()}
 
 
 def inference_on_dataset(model, dataset, cfg, evaluator, batch_size=1, progress=True):
@@ -107,7 +70,7 @@ def inference_on_dataset(model, dataset, cfg, evaluator, batch_size=1, progress=
     rank, size = world()
     dicts = get_dataset_dicts(dataset)
     shard = dicts[rank::size]
-    fn = inference_callable(model)
+    predictor = Predictor(cfg, model)
     evaluator.reset()
     timing = collections.Counter()
     start = time.perf_counter()
@@ -115,13 +78,12 @@ def inference_on_dataset(model, dataset, cfg, evaluator, batch_size=1, progress=
                unit="img", dynamic_ncols=True)
     with concurrent.futures.ThreadPoolExecutor(max_workers=2) as executor:
         t0 = time.perf_counter()
-        for records, images, image_sizes in _batches(shard, batch_size, cfg, executor):
+        for records, images, image_sizes in _batches(shard, batch_size, predictor, executor):
             t1 = time.perf_counter()
-            outputs = _to_host(fn(images, image_sizes))
+            outputs = predictor.run_model(images, image_sizes)
             t2 = time.perf_counter()
-            per_image = unbatch_outputs(outputs)
-            results = [detector_postprocess(out, image_sizes[i], (r["height"], r["width"]))
-                       for i, (out, r) in enumerate(zip(per_image, records))]
+            results = predictor.postprocess(outputs, image_sizes,
+                                            [(r["height"], r["width"]) for r in records])
             evaluator.process(records, results)
             t3 = time.perf_counter()
             timing["data_s"] += t1 - t0

@@ -7,15 +7,16 @@ are the lengths of alternating runs, starting with a run of zeros (0 when the ma
 with a one); the last run is always written, zero runs in between never. The compressed form
 (``counts`` as a string) is a fixed function of those counts, so building the counts of a
 window and letting pycocotools compress them gives byte-identical results to ``encode`` of the
-full mask, while touching only the window's pixels: a pasted mask is empty outside its box's
-pixel window (`tfmrcnn.inference.paste.paste_windows`).
+full mask, while touching only the window's pixels. Masks pasted by `tfmrcnn.inference.paste`
+are empty outside their boxes' pixel windows (`paste.paste_windows`): `encode_pasted_masks`
+encodes detections that way.
 """
 from __future__ import annotations
 
 import numpy as np
 import pycocotools.mask as mask_util
 
-__all__ = ["encode_masks", "encode_windowed", "window_rle_counts"]
+__all__ = ["encode_masks", "encode_pasted_masks", "encode_windowed", "window_rle_counts"]
 
 _WINDOWED_MAX_FRACTION = 0.05
 
@@ -88,3 +89,12 @@ def encode_masks(masks, windows=None):
     for rle in rles:
         rle["counts"] = rle["counts"].decode("ascii")
     return rles
+
+
+def encode_pasted_masks(masks, boxes):
+    """`encode_masks` of (D, H, W) masks pasted into (D, 4) boxes by `tfmrcnn.inference.paste`
+    (a detector's post-processed output): only the boxes' paste windows are read."""
+    from tfmrcnn.inference.paste import paste_windows
+
+    masks = np.asarray(masks)
+    return encode_masks(masks, paste_windows(boxes, masks.shape[1:]).numpy())

@@ -3,21 +3,30 @@
 Convention (detectron2 ``modeling/postprocessing.py: detector_postprocess``)
 --------------------------------------------------------------------------
 Boxes are scaled with separate factors ``original_w / resized_w`` for x and
-``original_h / resized_h`` for y (tensorpack uses one factor), clipped to the original image,
-and boxes left with zero width or height are dropped. Masks are pasted at the original
-resolution with `mask_paste.paste_masks_in_image` (threshold ``>= mask_threshold``).
+``original_h / resized_h`` for y (tensorpack uses one factor), computed in float64 (Python
+floats) and applied in float32 (torch's float32 tensors), clipped to the original image, and
+boxes left with zero width or height are dropped. Masks are pasted at the original resolution
+with `tfmrcnn.inference.paste` (foreground where the probability is ``>= mask_threshold``).
 
 Model outputs (see NOTES.md): ``boxes (B, D, 4)`` xyxy in resized-image pixels,
 ``scores (B, D)``, ``classes (B, D)`` int32 contiguous, ``masks (B, D, 28, 28)`` probabilities,
 ``num_detections (B,)``; rows past ``num_detections`` are padding.
+
+One implementation, in TF ops: `postprocess_graph` runs it inside a graph (the SavedModel) and
+returns whole masks; `detector_postprocess` is the NumPy-in, NumPy-out form of the Python
+test-time path (predict, eval): the same ops in one traced ``tf.function``, masks unpacked
+column-major from their windows (`paste.unpack_masks`).
 """
 from __future__ import annotations
 
+from typing import Dict
+
 import numpy as np
+import tensorflow as tf
 
-from tfmrcnn.inference.paste import paste_masks_in_image, paste_windows
+from tfmrcnn.inference.paste import paste_masks_in_image, paste_masks_packed, unpack_masks
 
-__all__ = ["unbatch_outputs", "detector_postprocess"]
+__all__ = ["unbatch_outputs", "postprocess_graph", "detector_postprocess"]
 
 _PER_DETECTION_KEYS = ("boxes", "scores", "classes", "masks")
 
@@ -45,8 +54,74 @@ def unbatch_outputs(outputs):
     return [{k: v[i, :counts[i]] for k, v in arrays.items()} for i in range(batch)]
 
 
+def _rescale_and_select(boxes, scores, classes, masks, resized_hw, original_hw):
+    """The box rules of the module docstring for one image.
+
+    Args:
+        boxes (D, 4) float32 resized pixels, scores (D,), classes (D,), masks (D, M, M) or None,
+        resized_hw, original_hw: (2,) int (h, w).
+    Returns:
+        boxes (D', 4) float32 original pixels, scores (D',) float32, classes (D',) int32, masks
+        (D', M, M) float32 or None: the detections with a non-empty clipped box.
+    """
+    scale_y, scale_x = tf.unstack(tf.cast(
+        tf.cast(original_hw, tf.float64) / tf.cast(resized_hw, tf.float64), tf.float32))
+    boxes = boxes * tf.stack([scale_x, scale_y, scale_x, scale_y])     # (D, 4) original pixels
+    out_h, out_w = tf.unstack(tf.cast(original_hw, tf.float32))
+    boxes = tf.clip_by_value(boxes, 0.0, tf.stack([out_w, out_h, out_w, out_h]))
+    # detectron2's Boxes.nonempty(threshold=0): width > 0 and height > 0
+    keep = (boxes[:, 2] - boxes[:, 0] > 0) & (boxes[:, 3] - boxes[:, 1] > 0)
+    kept_masks = None if masks is None else tf.boolean_mask(masks, keep)
+    return (tf.boolean_mask(boxes, keep), tf.boolean_mask(scores, keep),
+            tf.boolean_mask(classes, keep), kept_masks)
+
+
+def postprocess_graph(outputs: Dict[str, tf.Tensor], resized_hw, original_hw,
+                      mask_threshold=0.5) -> Dict[str, tf.Tensor]:
+    """Graph-mode post-processing of one image (no padding rows).
+
+    Args:
+        outputs: boxes (D, 4) in resized pixels, scores (D,), classes (D,), optional masks
+            (D, M, M) probabilities.
+        resized_hw, original_hw: (2,) int32 (h, w).
+    Returns:
+        boxes (D', 4) float32, scores (D',) float32, classes (D',) int32, masks (D', H, W)
+        uint8 0/1 (MASK_ON models only), num_detections () int32.
+    """
+    masks = outputs.get("masks")
+    boxes, scores, classes, masks = _rescale_and_select(
+        tf.cast(outputs["boxes"], tf.float32), tf.cast(outputs["scores"], tf.float32),
+        tf.cast(outputs["classes"], tf.int32),
+        None if masks is None else tf.cast(masks, tf.float32), resized_hw, original_hw)
+    result = {"boxes": boxes, "scores": scores, "classes": classes,
+              "num_detections": tf.shape(boxes)[0]}
+    if masks is not None:
+        result["masks"] = tf.cast(
+            paste_masks_in_image(masks, boxes, original_hw, mask_threshold), tf.uint8)
+    return result
+
+
+_SIGNATURE = [tf.TensorSpec([None, 4], tf.float32), tf.TensorSpec([None], tf.float32),
+              tf.TensorSpec([None], tf.int32)]
+_SIZES = [tf.TensorSpec([2], tf.int32), tf.TensorSpec([2], tf.int32)]
+
+
+@tf.function(input_signature=_SIGNATURE + _SIZES, autograph=False)
+def _boxes_fn(boxes, scores, classes, resized_hw, original_hw):
+    return _rescale_and_select(boxes, scores, classes, None, resized_hw, original_hw)[:3]
+
+
+@tf.function(input_signature=_SIGNATURE + [tf.TensorSpec([None, None, None], tf.float32)]
+             + _SIZES + [tf.TensorSpec([], tf.float32)], autograph=False)
+def _masks_fn(boxes, scores, classes, masks, resized_hw, original_hw, threshold):
+    boxes, scores, classes, masks = _rescale_and_select(boxes, scores, classes, masks,
+                                                        resized_hw, original_hw)
+    windows, packed = paste_masks_packed(masks, boxes, original_hw, threshold)
+    return boxes, scores, classes, windows, packed
+
+
 def detector_postprocess(outputs, resized_hw, original_hw, mask_threshold=0.5):
-    """Rescale one image's detections to the original image and paste its masks.
+    """Rescale one image's detections to the original image and paste its masks (NumPy).
 
     Args:
         outputs: one image's outputs: boxes (D, 4) xyxy in resized-image pixels, scores (D,),
@@ -57,30 +132,21 @@ def detector_postprocess(outputs, resized_hw, original_hw, mask_threshold=0.5):
         mask_threshold: pasted masks are ``probability >= mask_threshold``.
     Returns:
         dict: boxes (D', 4) float32 xyxy in original pixels, scores (D',) float32,
-        classes (D',) int32, masks (D', H, W) bool and mask_windows (D', 4) int x0, y0, x1, y1
-        outside of which each mask is False (both only when masks were given).
+        classes (D',) int32 and, when masks were given, masks (D', H, W) bool (column-major per
+        mask: the transposed view of a (D', W, H) array, as `paste.unpack_masks` makes it).
     """
     if _to_numpy(outputs["boxes"]).ndim == 3:
         (outputs,) = unbatch_outputs(outputs)
-    boxes = _to_numpy(outputs["boxes"]).astype(np.float32).reshape(-1, 4)
-    out_h, out_w = int(original_hw[0]), int(original_hw[1])
-    # python-float ratios applied in float32, as torch does with a float32 tensor
-    scale_x = np.float32(out_w / float(resized_hw[1]))
-    scale_y = np.float32(out_h / float(resized_hw[0]))
-    boxes = boxes * np.array([scale_x, scale_y, scale_x, scale_y], np.float32)  # (D, 4) original
-    boxes = np.stack([np.clip(boxes[:, 0], 0, out_w), np.clip(boxes[:, 1], 0, out_h),
-                      np.clip(boxes[:, 2], 0, out_w), np.clip(boxes[:, 3], 0, out_h)], axis=1)
-    # detectron2's Boxes.nonempty(threshold=0): width > 0 and height > 0
-    keep = (boxes[:, 2] - boxes[:, 0] > 0) & (boxes[:, 3] - boxes[:, 1] > 0)
-    result = {
-        "boxes": boxes[keep],
-        "scores": _to_numpy(outputs["scores"]).astype(np.float32).reshape(-1)[keep],
-        "classes": _to_numpy(outputs["classes"]).astype(np.int32).reshape(-1)[keep],
-    }
-    if outputs.get("masks") is not None:
-        masks = _to_numpy(outputs["masks"]).astype(np.float32)[keep]     # (D', M, M)
-        result["masks"] = paste_masks_in_image(masks, result["boxes"], (out_h, out_w),
-                                               threshold=mask_threshold)
-        # where each mask can be non-zero: lets the RLE encoder skip the rest of the image
-        result["mask_windows"] = paste_windows(result["boxes"], (out_h, out_w))
-    return result
+    inputs = (_to_numpy(outputs["boxes"]).astype(np.float32).reshape(-1, 4),
+              _to_numpy(outputs["scores"]).astype(np.float32).reshape(-1),
+              _to_numpy(outputs["classes"]).astype(np.int32).reshape(-1))
+    sizes = (np.asarray(resized_hw, np.int32).reshape(2),
+             np.asarray(original_hw, np.int32).reshape(2))
+    if outputs.get("masks") is None:
+        boxes, scores, classes = _boxes_fn(*inputs, *sizes)
+        return {"boxes": boxes.numpy(), "scores": scores.numpy(), "classes": classes.numpy()}
+    masks = _to_numpy(outputs["masks"]).astype(np.float32)
+    boxes, scores, classes, windows, packed = _masks_fn(*inputs, masks, *sizes,
+                                                        np.float32(mask_threshold))
+    return {"boxes": boxes.numpy(), "scores": scores.numpy(), "classes": classes.numpy(),
+            "masks": unpack_masks(windows.numpy(), packed.numpy(), sizes[1])}

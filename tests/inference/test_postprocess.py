@@ -1,9 +1,10 @@
-"""detector_postprocess / unbatch_outputs: separate x/y rescale, clip, empty-box drop, paste."""
+"""detector_postprocess / postprocess_graph / unbatch_outputs: separate x/y rescale, clip,
+empty-box drop, paste; the Python and the graph form give the same detections."""
 import numpy as np
 import tensorflow as tf
 
-from tfmrcnn.inference.paste import paste_masks_in_image
-from tfmrcnn.inference.postprocess import detector_postprocess, unbatch_outputs
+from tfmrcnn.inference.paste import paste_masks_in_image, paste_windows
+from tfmrcnn.inference.postprocess import detector_postprocess, postprocess_graph, unbatch_outputs
 
 
 def _outputs(seed=0, batch=2, dets=6):
@@ -55,9 +56,12 @@ def test_masks_are_pasted_at_original_resolution_with_rescaled_boxes():
     boxes = np.minimum(np.maximum(boxes, 0), [128, 45, 128, 45]).astype(np.float32)
     np.testing.assert_allclose(res["boxes"], boxes, rtol=1e-6)
     np.testing.assert_array_equal(
-        res["masks"], paste_masks_in_image(outputs["masks"][0, :4], res["boxes"], (45, 128)))
-    # mask_windows bound every mask: nothing is set outside them
-    for mask, (x0, y0, x1, y1) in zip(res["masks"], res["mask_windows"]):
+        res["masks"],
+        paste_masks_in_image(outputs["masks"][0, :4], res["boxes"], (45, 128)).numpy())
+    # column-major per mask (what the RLE encoder reads) and empty outside the paste windows
+    assert res["masks"].transpose(0, 2, 1).flags.c_contiguous
+    windows = paste_windows(res["boxes"], (45, 128)).numpy()
+    for mask, (x0, y0, x1, y1) in zip(res["masks"], windows):
         outside = mask.copy()
         outside[y0:y1, x0:x1] = False
         assert not outside.any() and mask[y0:y1, x0:x1].any()
@@ -70,3 +74,27 @@ def test_no_detections_and_no_masks():
     assert res["boxes"].shape == (0, 4) and res["masks"].shape == (0, 20, 24)
     box_only = {k: v for k, v in empty.items() if k != "masks"}
     assert "masks" not in detector_postprocess(box_only, (32, 32), (20, 24))
+
+
+def test_graph_form_gives_the_same_detections():
+    rng = np.random.default_rng(2)
+    d, resized, original = 7, (64, 91), (70, 100)
+    xy = rng.uniform(-10, 80, (d, 2))
+    boxes = np.concatenate([xy, xy + rng.uniform(1, 40, (d, 2))], 1).astype(np.float32)
+    boxes[2] = [95, 10, 120, 30]   # right of the image: empty after clipping, dropped
+    outputs = {"boxes": boxes, "scores": rng.uniform(0, 1, d).astype(np.float32),
+               "classes": rng.integers(0, 3, d).astype(np.int32),
+               "masks": rng.uniform(0, 1, (d, 28, 28)).astype(np.float32)}
+    graph = tf.function(postprocess_graph, autograph=False)
+    got = graph({k: tf.constant(v) for k, v in outputs.items()},
+                tf.constant(resized), tf.constant(original))
+    want = detector_postprocess(outputs, resized, original)
+    assert int(got["num_detections"]) == len(want["boxes"]) == d - 1
+    for key in ("boxes", "scores", "classes"):
+        np.testing.assert_array_equal(got[key].numpy(), want[key])
+    assert got["masks"].dtype == tf.uint8
+    np.testing.assert_array_equal(got["masks"].numpy().astype(bool), want["masks"])
+    # a Faster R-CNN (MASK_ON False) has no masks output
+    no_masks = {k: tf.constant(v) for k, v in outputs.items() if k != "masks"}
+    got = graph(no_masks, tf.constant(resized), tf.constant(original))
+    assert "masks" not in got and int(got["num_detections"]) == d - 1
