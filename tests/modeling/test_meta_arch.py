@@ -4,6 +4,7 @@ import pytest
 import tensorflow as tf
 
 from tfmrcnn.config import get_cfg, load_config
+from tfmrcnn.modeling.layers import Conv2D
 from tfmrcnn.modeling.meta_arch import GeneralizedRCNN
 from tfmrcnn.modeling.norm import FrozenBN, is_norm_variable
 
@@ -176,6 +177,11 @@ def test_winograd_model_equals_direct_model(repo_root, tiny):
     assert tiny.winograd and not direct.winograd
     wino_convs = [m for m in tiny.submodules if getattr(m, "winograd", False) is True]
     assert len(wino_convs) >= 10  # ResNet middle convs, FPN outputs, RPN head, mask head
+    # the flag reaches every 3x3 stride-1 conv of every part of the model, and only those
+    eligible = [m for m in tiny.submodules if isinstance(m, Conv2D)
+                and tuple(m.weight.shape[:2]) == (3, 3) and m.stride == 1 and m.dilation == 1
+                and m.padding == 1]
+    assert {id(m) for m in wino_convs} == {id(m) for m in eligible}
     assert not any(getattr(m, "winograd", False) is True for m in direct.submodules)
     ours = tiny.named_variables()
     for key, v in direct.named_variables().items():

@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from tfmrcnn.modeling.layers import Conv2D, winograd_conv3x3
+from tfmrcnn.modeling.layers import Conv2D
 from tfmrcnn.modeling.norm import FrozenBN
 from tfmrcnn.ops import load_library, winograd_conv3x3 as conv3x3
 
@@ -132,13 +132,12 @@ def test_mismatched_tiles_and_image_shape_is_a_clear_error():
 
 
 def _conv_pair(rng, k, stride, norm):
-    """The same Conv2D twice: built normally and inside winograd_conv3x3(True)."""
+    """The same Conv2D twice: built without and with winograd=True."""
     layers = []
     for winograd in (False, True):
-        with winograd_conv3x3(winograd):
-            layers.append(Conv2D("c", 16, 8, k, stride=stride, use_bias=not norm,
-                                 norm=FrozenBN("c.norm", 8) if norm else None,
-                                 activation=tf.nn.relu))
+        layers.append(Conv2D("c", 16, 8, k, stride=stride, use_bias=not norm,
+                             norm=FrozenBN("c.norm", 8) if norm else None,
+                             activation=tf.nn.relu, winograd=winograd))
     for v_direct, v_wino in zip(layers[0].variables, layers[1].variables):
         value = rng.uniform(0.5, 2.0, v_direct.shape).astype(np.float32)
         v_direct.assign(value)

@@ -35,8 +35,10 @@ class _Conv(Conv2D):
 
 
 def conv_norm(prefix: str, cin: int, cout: int, k: int, stride: int = 1, norm: str = "",
-              frozen: bool = False, groups: int = 1, dilation: int = 1, relu: bool = False):
-    """A detectron2 `Conv2d(bias=not norm, norm=get_norm(norm))` named `prefix`, msra init.
+              frozen: bool = False, groups: int = 1, dilation: int = 1, relu: bool = False,
+              winograd: bool = False):
+    """A detectron2 `Conv2d(bias=not norm, norm=get_norm(norm))` named `prefix`, msra init
+    (`winograd`: see `layers.Conv2D`).
 
     Grouped convolutions hold an HWIO weight (k, k, cin / groups, cout); tf.nn.conv2d groups
     them because the input has `groups` times the weight's input channels.
@@ -44,7 +46,7 @@ def conv_norm(prefix: str, cin: int, cout: int, k: int, stride: int = 1, norm: s
     return _Conv(prefix, cin // groups, cout, k, stride=stride, use_bias=not norm,
                  norm=get_norm(norm, cout, f"{prefix}.norm", frozen=frozen),
                  activation=tf.nn.relu if relu else None, init="msra", dilation=dilation,
-                 trainable=not frozen)
+                 trainable=not frozen, winograd=winograd)
 
 
 def max_pool_3x3_s2_p1(x):
@@ -93,14 +95,15 @@ class _ResidualBlock(tf.Module):
 class BasicBlock(_ResidualBlock):
     """ResNet-18/34 block: 3x3 (stride) -> 3x3."""
 
-    def __init__(self, prefix, in_channels, out_channels, stride, norm, frozen, **unused):
+    def __init__(self, prefix, in_channels, out_channels, stride, norm, frozen,
+                 winograd=False, **unused):
         super().__init__()
         self.shortcut = self._make_shortcut(prefix, in_channels, out_channels, stride, norm,
                                             frozen)
         self.conv1 = conv_norm(f"{prefix}.conv1", in_channels, out_channels, 3, stride=stride,
-                               norm=norm, frozen=frozen, relu=True)
+                               norm=norm, frozen=frozen, relu=True, winograd=winograd)
         self.conv2 = conv_norm(f"{prefix}.conv2", out_channels, out_channels, 3, norm=norm,
-                               frozen=frozen)
+                               frozen=frozen, winograd=winograd)
 
     def _branch(self, x, training):
         return self.conv2(self.conv1(x, training=training), training=training)
@@ -113,7 +116,8 @@ class BottleneckBlock(_ResidualBlock):
     """
 
     def __init__(self, prefix, in_channels, out_channels, stride, norm, frozen,
-                 bottleneck_channels, num_groups=1, stride_in_1x1=True, dilation=1):
+                 bottleneck_channels, num_groups=1, stride_in_1x1=True, dilation=1,
+                 winograd=False):
         super().__init__()
         s1, s3 = (stride, 1) if stride_in_1x1 else (1, stride)
         self.shortcut = self._make_shortcut(prefix, in_channels, out_channels, stride, norm,
@@ -122,7 +126,7 @@ class BottleneckBlock(_ResidualBlock):
                                stride=s1, norm=norm, frozen=frozen, relu=True)
         self.conv2 = conv_norm(f"{prefix}.conv2", bottleneck_channels, bottleneck_channels, 3,
                                stride=s3, norm=norm, frozen=frozen, groups=num_groups,
-                               dilation=dilation, relu=True)
+                               dilation=dilation, relu=True, winograd=winograd)
         self.conv3 = conv_norm(f"{prefix}.conv3", bottleneck_channels, out_channels, 1,
                                norm=norm, frozen=frozen)
 
@@ -135,7 +139,8 @@ class BottleneckBlock(_ResidualBlock):
 class ResNet(tf.Module):
     """Stem + stages res2..res5; returns {name: (N, H / stride, W / stride, C)} for out_features.
 
-    Strides: res2 4, res3 8, res4 16, res5 32 (16 with res5_dilation 2).
+    Strides: res2 4, res3 8, res4 16, res5 32 (16 with res5_dilation 2). `winograd` lets the
+    blocks' 3x3 convs use Winograd (see `layers.Conv2D`).
     """
 
     def __init__(self, depth: int = 50,
@@ -144,7 +149,7 @@ class ResNet(tf.Module):
                  width_per_group: int = 64, stride_in_1x1: bool = True,
                  res2_out_channels: int = 256, stem_out_channels: int = 64,
                  res5_dilation: int = 1, in_channels: int = 3,
-                 prefix: str = "backbone.bottom_up"):
+                 prefix: str = "backbone.bottom_up", winograd: bool = False):
         super().__init__()
         if depth not in NUM_BLOCKS:
             raise ValueError(f"ResNet depth {depth} not in {sorted(NUM_BLOCKS)}")
@@ -173,7 +178,8 @@ class ResNet(tf.Module):
                 blocks.append(block_class(
                     f"{prefix}.{name}.{i}", cin, cout, first_stride if i == 0 else 1, norm,
                     frozen=freeze_at >= stage, bottleneck_channels=bottleneck,
-                    num_groups=num_groups, stride_in_1x1=stride_in_1x1, dilation=dilation))
+                    num_groups=num_groups, stride_in_1x1=stride_in_1x1, dilation=dilation,
+                    winograd=winograd))
                 cin = cout
             self.stage_names.append(name)
             self.stages.append(blocks)
@@ -194,7 +200,8 @@ class ResNet(tf.Module):
         return outputs
 
 
-def build_resnet_backbone(cfg, prefix: str = "backbone.bottom_up") -> ResNet:
+def build_resnet_backbone(cfg, prefix: str = "backbone.bottom_up",
+                          winograd: bool = False) -> ResNet:
     """ResNet from cfg.MODEL.RESNETS / cfg.MODEL.BACKBONE.FREEZE_AT (detectron2 keys)."""
     r = cfg.MODEL.RESNETS
     return ResNet(depth=r.DEPTH, out_features=r.OUT_FEATURES, norm=r.NORM,
@@ -202,4 +209,4 @@ def build_resnet_backbone(cfg, prefix: str = "backbone.bottom_up") -> ResNet:
                   width_per_group=r.WIDTH_PER_GROUP, stride_in_1x1=r.STRIDE_IN_1X1,
                   res2_out_channels=r.RES2_OUT_CHANNELS,
                   stem_out_channels=r.STEM_OUT_CHANNELS, res5_dilation=r.RES5_DILATION,
-                  in_channels=len(cfg.MODEL.PIXEL_MEAN), prefix=prefix)
+                  in_channels=len(cfg.MODEL.PIXEL_MEAN), prefix=prefix, winograd=winograd)

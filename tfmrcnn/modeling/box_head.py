@@ -22,12 +22,12 @@ class FastRCNNConvFCHead(tf.Module):
     and have no bias with a norm; fcs use c2_xavier_fill. Variables are ``{prefix}.conv{i}``
     and ``{prefix}.fc{i}`` (i from 1); `prefix` is ``roi_heads.box_head`` (a cascade stage s
     would use ``roi_heads.box_head.{s}``). The output is (R, output_dim), flattened even
-    without fcs.
+    without fcs. `winograd` lets the 3x3 convs use Winograd (see `layers.Conv2D`).
     """
 
     def __init__(self, in_channels: int, resolution: int, conv_dims: Sequence[int] = (),
                  fc_dims: Sequence[int] = (1024, 1024), conv_norm: str = "",
-                 prefix: str = "roi_heads.box_head"):
+                 prefix: str = "roi_heads.box_head", winograd: bool = False):
         super().__init__(name="box_head")
         self.convs, self.fcs = [], []
         c = in_channels
@@ -35,7 +35,7 @@ class FastRCNNConvFCHead(tf.Module):
             name = f"{prefix}.conv{i + 1}"
             self.convs.append(Conv2D(name, c, dim, 3, use_bias=not conv_norm,
                                      norm=get_norm(conv_norm, dim, f"{name}.norm"),
-                                     activation=tf.nn.relu, init="msra"))
+                                     activation=tf.nn.relu, init="msra", winograd=winograd))
             c = dim
         dim = c * resolution * resolution
         for i, fc_dim in enumerate(fc_dims):
@@ -45,12 +45,13 @@ class FastRCNNConvFCHead(tf.Module):
         self.output_dim = dim
 
     @classmethod
-    def from_config(cls, cfg, in_channels: int, resolution: int,
+    def from_config(cls, cfg, in_channels: int, resolution: int, winograd: bool = False,
                     prefix: str = "roi_heads.box_head") -> "FastRCNNConvFCHead":
         """The head of MODEL.ROI_BOX_HEAD: NUM_CONV x CONV_DIM convs with NORM, NUM_FC x FC_DIM."""
         bcfg = cfg.MODEL.ROI_BOX_HEAD
         return cls(in_channels, resolution, conv_dims=[bcfg.CONV_DIM] * bcfg.NUM_CONV,
-                   fc_dims=[bcfg.FC_DIM] * bcfg.NUM_FC, conv_norm=bcfg.NORM, prefix=prefix)
+                   fc_dims=[bcfg.FC_DIM] * bcfg.NUM_FC, conv_norm=bcfg.NORM, prefix=prefix,
+                   winograd=winograd)
 
     def __call__(self, x, training: bool = False):
         # x: (R, 7, 7, C) -> (R, output_dim)

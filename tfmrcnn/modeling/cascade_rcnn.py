@@ -67,7 +67,7 @@ class CascadeROIHeads(StandardROIHeads):
     threshold IOUS[s], labels background / foreground), num_stages.
     """
 
-    def _init_box_head(self, cfg, in_channels: int):
+    def _init_box_head(self, cfg, in_channels: int, winograd: bool):
         ccfg = cfg.MODEL.ROI_BOX_CASCADE_HEAD
         ious, weights = list(ccfg.IOUS), [tuple(w) for w in ccfg.BBOX_REG_WEIGHTS]
         if not ious or len(ious) != len(weights):
@@ -83,6 +83,7 @@ class CascadeROIHeads(StandardROIHeads):
         resolution = cfg.MODEL.ROI_BOX_HEAD.POOLER_RESOLUTION
         self.num_stages = len(ious)
         self.box_heads = [FastRCNNConvFCHead.from_config(cfg, in_channels, resolution,
+                                                         winograd=winograd,
                                                          prefix=f"roi_heads.box_head.{s}")
                           for s in range(self.num_stages)]
         self.box_predictors = [

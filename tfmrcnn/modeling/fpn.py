@@ -38,10 +38,12 @@ class FPN(tf.Module):
     """ResNet features res2..res5 -> {p2..p5, p6}, strides 4..64, `out_channels` each.
 
     Output feature names and strides follow detectron2: p{log2(stride)}; P6 is a max-pool of P5.
+    `winograd` lets the 3x3 output convs use Winograd (see `layers.Conv2D`).
     """
 
     def __init__(self, bottom_up: ResNet, in_features: List[str], out_channels: int = 256,
-                 norm: str = "", fuse_type: str = "sum", prefix: str = "backbone"):
+                 norm: str = "", fuse_type: str = "sum", prefix: str = "backbone",
+                 winograd: bool = False):
         super().__init__()
         if fuse_type not in ("sum", "avg"):
             raise ValueError(f"FPN.FUSE_TYPE {fuse_type!r} not in ('sum', 'avg')")
@@ -59,7 +61,8 @@ class FPN(tf.Module):
                 norm=get_norm(norm, out_channels, f"{lat}.norm"), init="xavier"))
             self.output_convs.append(Conv2D(
                 out, out_channels, out_channels, 3, use_bias=not norm,
-                norm=get_norm(norm, out_channels, f"{out}.norm"), init="xavier"))
+                norm=get_norm(norm, out_channels, f"{out}.norm"), init="xavier",
+                winograd=winograd))
         self.output_names = [f"p{s}" for s in self.stages] + [f"p{self.stages[-1] + 1}"]
         self.strides = {name: 2 ** int(name[1:]) for name in self.output_names}
         self.out_channels = out_channels
@@ -81,9 +84,9 @@ class FPN(tf.Module):
         return dict(zip(self.output_names, results))
 
 
-def build_resnet_fpn_backbone(cfg) -> FPN:
+def build_resnet_fpn_backbone(cfg, winograd: bool = False) -> FPN:
     """ResNet + FPN from cfg.MODEL.RESNETS / cfg.MODEL.FPN (detectron2 keys)."""
-    bottom_up = build_resnet_backbone(cfg, prefix="backbone.bottom_up")
+    bottom_up = build_resnet_backbone(cfg, prefix="backbone.bottom_up", winograd=winograd)
     f = cfg.MODEL.FPN
     return FPN(bottom_up, f.IN_FEATURES, out_channels=f.OUT_CHANNELS, norm=f.NORM,
-               fuse_type=f.FUSE_TYPE, prefix="backbone")
+               fuse_type=f.FUSE_TYPE, prefix="backbone", winograd=winograd)

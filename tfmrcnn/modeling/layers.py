@@ -19,27 +19,10 @@ Activations are NHWC everywhere.
 """
 from __future__ import annotations
 
-import contextlib
 import math
 from typing import Callable, Dict, Optional
 
 import tensorflow as tf
-
-# Whether Conv2D layers built now run their 3x3 stride-1 float32 convolutions with Winograd
-# F(4x4, 3x3) (tfmrcnn.ops.winograd); set by `winograd_conv3x3` around a model's construction.
-_winograd_default = False
-
-
-@contextlib.contextmanager
-def winograd_conv3x3(enabled: bool):
-    """Conv2D layers constructed inside this block use the Winograd path where it applies."""
-    global _winograd_default
-    previous, _winograd_default = _winograd_default, bool(enabled)
-    try:
-        yield
-    finally:
-        _winograd_default = previous
-
 
 def _kaiming_normal_fan_out(shape, fan_out):
     # detectron2's c2_msra_fill: kaiming normal, fan_out, relu gain
@@ -72,14 +55,15 @@ class Conv2D(NamedModule):
     activation after the norm. Padding is explicit and symmetric (PyTorch's `padding=k//2`),
     not TF's 'SAME', which pads asymmetrically for stride 2 and would shift every feature.
     `norm` is a `norm.Norm`; a fixed affine one (FrozenBN) is folded into the weights per call.
-    A 3x3, stride-1, padding-1 layer built inside `winograd_conv3x3(True)` computes float32
-    inputs with Winograd F(4x4, 3x3) (the CPU custom op; other dtypes use tf.nn.conv2d).
+    With `winograd`, a 3x3, stride-1, padding-1 layer computes float32 inputs with Winograd
+    F(4x4, 3x3) (tfmrcnn.ops.winograd, a CPU custom op; other dtypes use tf.nn.conv2d); the
+    flag is ignored by every other shape.
     """
 
     def __init__(self, prefix: str, in_channels: int, out_channels: int, kernel_size: int,
                  stride: int = 1, padding: Optional[int] = None, use_bias: bool = True,
                  norm: Optional[tf.Module] = None, activation: Optional[Callable] = None,
-                 init: str = "msra", dilation: int = 1):
+                 init: str = "msra", dilation: int = 1, winograd: bool = False):
         super().__init__(prefix)
         k = kernel_size
         self.stride = stride
@@ -98,7 +82,7 @@ class Conv2D(NamedModule):
         self.bias = self._param("bias", tf.zeros([out_channels])) if use_bias else None
         self.norm = norm
         self.activation = activation
-        self.winograd = (_winograd_default and k == 3 and stride == 1 and dilation == 1
+        self.winograd = (bool(winograd) and k == 3 and stride == 1 and dilation == 1
                          and self.padding == 1)
 
     def __call__(self, x, training: bool = False):

@@ -31,10 +31,11 @@ class MaskRCNNConvUpsampleHead(tf.Module):
     """NUM_CONV x (conv 3x3 CONV_DIM [+ norm] + ReLU) -> deconv 2x2/2 + ReLU -> 1x1 predictor.
 
     Convs and deconv use detectron2's c2_msra_fill, the predictor normal(std 0.001); biases 0.
-    A conv has no bias when it has a norm (detectron2: ``bias=not conv_norm``).
+    A conv has no bias when it has a norm (detectron2: ``bias=not conv_norm``). `winograd` lets
+    the 3x3 convs use Winograd (see `layers.Conv2D`).
     """
 
-    def __init__(self, cfg, in_channels: int):
+    def __init__(self, cfg, in_channels: int, winograd: bool = False):
         super().__init__(name="mask_head")
         mcfg = cfg.MODEL.ROI_MASK_HEAD
         num_classes = 1 if mcfg.CLS_AGNOSTIC_MASK else cfg.MODEL.ROI_HEADS.NUM_CLASSES
@@ -45,7 +46,7 @@ class MaskRCNNConvUpsampleHead(tf.Module):
             prefix = f"{PREFIX}.mask_fcn{i + 1}"
             self.convs.append(Conv2D(prefix, c, dim, 3, use_bias=not norm,
                                      norm=get_norm(norm, dim, f"{prefix}.norm"),
-                                     activation=tf.nn.relu, init="msra"))
+                                     activation=tf.nn.relu, init="msra", winograd=winograd))
             c = dim
         # detectron2: the deconv always outputs CONV_DIM channels, even without convs
         self.deconv = ConvTranspose2D(f"{PREFIX}.deconv", c, dim, 2, 2, activation=tf.nn.relu)

@@ -24,12 +24,12 @@ import tensorflow as tf
 
 from tfmrcnn.modeling.cascade_rcnn import CascadeROIHeads
 from tfmrcnn.modeling.fpn import build_resnet_fpn_backbone
-from tfmrcnn.modeling.layers import named_variables, winograd_conv3x3
+from tfmrcnn.modeling.layers import named_variables
 from tfmrcnn.modeling.norm import norm_variables
 from tfmrcnn.modeling.roi_heads import StandardROIHeads
 from tfmrcnn.modeling.rpn import RPN
 
-# MODEL.ROI_HEADS.NAME -> class built as cls(cfg, in_channels, strides of IN_FEATURES)
+# MODEL.ROI_HEADS.NAME -> class built as cls(cfg, in_channels, strides of IN_FEATURES, winograd=)
 ROI_HEADS = {"StandardROIHeads": StandardROIHeads, "CascadeROIHeads": CascadeROIHeads}
 
 
@@ -50,6 +50,12 @@ def _check_supported(cfg):
                                   + ", ".join(map(repr, ROI_HEADS)))
 
 
+def use_winograd(cfg) -> bool:
+    """MODEL.WINOGRAD on a host where TF sees no GPU: the Winograd tile transforms are CPU
+    ops, and cuDNN picks its own algorithm on GPUs."""
+    return bool(cfg.MODEL.WINOGRAD) and not tf.config.list_logical_devices("GPU")
+
+
 def _compute_dtype(enabled: bool, name: str) -> tf.DType:
     if not enabled:
         return tf.float32
@@ -63,7 +69,10 @@ class GeneralizedRCNN(tf.Module):
     """Mask R-CNN (Faster R-CNN with MODEL.MASK_ON False) with a ResNet-FPN backbone.
 
     Submodules carry detectron2's names: `backbone` (bottom_up + fpn_*), `proposal_generator`,
-    `roi_heads`; every variable is named by its detectron2 state-dict key.
+    `roi_heads`; every variable is named by its detectron2 state-dict key. Whether the 3x3
+    convs use Winograd is decided once here (`use_winograd`) and passed to every builder; a
+    model without it (e.g. a SavedModel for GPUs) is built from a config with
+    MODEL.WINOGRAD False.
     """
 
     def __init__(self, cfg):
@@ -75,16 +84,15 @@ class GeneralizedRCNN(tf.Module):
         self.train_dtype = _compute_dtype(cfg.SOLVER.AMP.ENABLED, cfg.TRAINER.AMP_DTYPE)
         self.test_dtype = _compute_dtype(cfg.TEST.BF16_INFERENCE, "bfloat16")
 
-        self.winograd = bool(cfg.MODEL.WINOGRAD) and not tf.config.list_logical_devices("GPU")
-        with winograd_conv3x3(self.winograd):
-            self.backbone = build_resnet_fpn_backbone(cfg)
-            self.rpn_in_features: List[str] = list(cfg.MODEL.RPN.IN_FEATURES)
-            self.roi_in_features: List[str] = list(cfg.MODEL.ROI_HEADS.IN_FEATURES)
-            channels, strides = self.backbone.out_channels, self.backbone.strides
-            self.proposal_generator = RPN(cfg, channels,
-                                          [strides[f] for f in self.rpn_in_features])
-            self.roi_heads = ROI_HEADS[cfg.MODEL.ROI_HEADS.NAME](
-                cfg, channels, [strides[f] for f in self.roi_in_features])
+        self.winograd = use_winograd(cfg)
+        self.backbone = build_resnet_fpn_backbone(cfg, winograd=self.winograd)
+        self.rpn_in_features: List[str] = list(cfg.MODEL.RPN.IN_FEATURES)
+        self.roi_in_features: List[str] = list(cfg.MODEL.ROI_HEADS.IN_FEATURES)
+        channels, strides = self.backbone.out_channels, self.backbone.strides
+        self.proposal_generator = RPN(cfg, channels, [strides[f] for f in self.rpn_in_features],
+                                      winograd=self.winograd)
+        self.roi_heads = ROI_HEADS[cfg.MODEL.ROI_HEADS.NAME](
+            cfg, channels, [strides[f] for f in self.roi_in_features], winograd=self.winograd)
 
     # ------------------------------------------------------------------ data flow
     def normalize(self, images, image_sizes, dtype=tf.float32):

@@ -132,9 +132,11 @@ class StandardROIHeads(ROIHeads):
     """Box head + predictor (+ mask head with MASK_ON) on FPN features, detectron2's layout.
 
     features_list: NHWC maps finest first with the given `strides` (P2..P5: 4, 8, 16, 32).
+    `winograd` lets the heads' 3x3 convs use Winograd (see `layers.Conv2D`).
     """
 
-    def __init__(self, cfg, in_channels: int, strides: List[int], seed: Optional[int] = None):
+    def __init__(self, cfg, in_channels: int, strides: List[int], seed: Optional[int] = None,
+                 winograd: bool = False):
         super().__init__(cfg, seed=seed)
         bcfg, mcfg = cfg.MODEL.ROI_BOX_HEAD, cfg.MODEL.ROI_MASK_HEAD
         for pooler_type in (bcfg.POOLER_TYPE,) + ((mcfg.POOLER_TYPE,) if cfg.MODEL.MASK_ON else ()):
@@ -142,18 +144,19 @@ class StandardROIHeads(ROIHeads):
                 raise ValueError(f"only ROIAlignV2 pooling is supported, got {pooler_type!r}")
         scales = [1.0 / s for s in strides]
         self.box_pooler = ROIPooler(bcfg.POOLER_RESOLUTION, scales, bcfg.POOLER_SAMPLING_RATIO)
-        self._init_box_head(cfg, in_channels)
+        self._init_box_head(cfg, in_channels, winograd)
         self.mask_on = cfg.MODEL.MASK_ON
         if self.mask_on:
             self.mask_pooler = ROIPooler(mcfg.POOLER_RESOLUTION, scales,
                                          mcfg.POOLER_SAMPLING_RATIO)
-            self.mask_head = MaskRCNNConvUpsampleHead(cfg, in_channels)
+            self.mask_head = MaskRCNNConvUpsampleHead(cfg, in_channels, winograd=winograd)
             self.mask_size = 2 * mcfg.POOLER_RESOLUTION
 
-    def _init_box_head(self, cfg, in_channels: int):
+    def _init_box_head(self, cfg, in_channels: int, winograd: bool):
         """box_head and box_predictor (CascadeROIHeads builds one of each per stage)."""
         resolution = cfg.MODEL.ROI_BOX_HEAD.POOLER_RESOLUTION
-        self.box_head = FastRCNNConvFCHead.from_config(cfg, in_channels, resolution)
+        self.box_head = FastRCNNConvFCHead.from_config(cfg, in_channels, resolution,
+                                                       winograd=winograd)
         self.box_predictor = FastRCNNOutputLayers.from_config(cfg, self.box_head.output_dim)
 
     @staticmethod

@@ -33,13 +33,13 @@ class RPNHead(NamedModule):
     """detectron2's StandardRPNHead: shared 3x3 conv + ReLU, then 1x1 objectness and 1x1 deltas."""
 
     def __init__(self, in_channels: int, num_anchors: int, box_dim: int = 4,
-                 prefix: str = "proposal_generator.rpn_head"):
+                 prefix: str = "proposal_generator.rpn_head", winograd: bool = False):
         super().__init__(prefix)
         self.num_anchors = num_anchors
         self.box_dim = box_dim
         init = "normal:0.01"
         self.conv = Conv2D(f"{prefix}.conv", in_channels, in_channels, 3,
-                           activation=tf.nn.relu, init=init)
+                           activation=tf.nn.relu, init=init, winograd=winograd)
         self.objectness_logits = Conv2D(f"{prefix}.objectness_logits", in_channels, num_anchors,
                                         1, init=init)
         self.anchor_deltas = Conv2D(f"{prefix}.anchor_deltas", in_channels,
@@ -63,10 +63,12 @@ class RPNHead(NamedModule):
 class RPN(tf.Module):
     """detectron2's RPN on a list of feature maps, batched over images with padding.
 
-    ``seed`` fixes the anchor sampling (see `subsample_labels`): for tests only.
+    ``seed`` fixes the anchor sampling (see `subsample_labels`): for tests only. `winograd`
+    lets the head's 3x3 conv use Winograd (see `layers.Conv2D`).
     """
 
-    def __init__(self, cfg, in_channels: int, strides: Sequence[int], seed: Optional[int] = None):
+    def __init__(self, cfg, in_channels: int, strides: Sequence[int], seed: Optional[int] = None,
+                 winograd: bool = False):
         super().__init__(name=None)
         rcfg, acfg = cfg.MODEL.RPN, cfg.MODEL.ANCHOR_GENERATOR
         if list(getattr(rcfg, "CONV_DIMS", [-1])) != [-1]:
@@ -79,7 +81,7 @@ class RPN(tf.Module):
         num_anchors = set(self.anchor_generator.num_anchors)
         if len(num_anchors) != 1:
             raise ValueError("the shared RPN head needs the same number of anchors on every level")
-        self.rpn_head = RPNHead(in_channels, num_anchors.pop())
+        self.rpn_head = RPNHead(in_channels, num_anchors.pop(), winograd=winograd)
         self.box2box_transform = box_ops.Box2BoxTransform(tuple(rcfg.BBOX_REG_WEIGHTS))
         self.anchor_matcher = Matcher(list(rcfg.IOU_THRESHOLDS), list(rcfg.IOU_LABELS),
                                       allow_low_quality_matches=True)
