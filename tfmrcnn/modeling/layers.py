@@ -52,28 +52,48 @@ class Conv2D(NamedModule):
     """2-D convolution (NHWC, HWIO weight) + optional norm + optional activation.
 
     Mirrors detectron2's `layers.Conv2d`: the norm is applied after the convolution and the
-    activation after the norm. Padding is explicit and symmetric (PyTorch's `padding=k//2`),
-    not TF's 'SAME', which pads asymmetrically for stride 2 and would shift every feature.
-    `norm` is a `norm.Norm`; a fixed affine one (FrozenBN) is folded into the weights per call.
-    With `winograd`, a 3x3, stride-1, padding-1 layer computes float32 inputs with Winograd
-    F(4x4, 3x3) (tfmrcnn.ops.winograd, a CPU custom op; other dtypes use tf.nn.conv2d); the
-    flag is ignored by every other shape.
+    activation after the norm. Padding is explicit and symmetric (PyTorch's `padding=k//2`
+    times the dilation), not TF's 'SAME', which pads asymmetrically for stride 2 and would
+    shift every feature. `norm` is a `norm.Norm`; a fixed affine one (FrozenBN) is folded into
+    the weights per call. The algorithm is chosen per layer, once, at construction:
+
+    - Winograd: with `winograd`, a dense 3x3 stride-1 layer (padding = dilation) computes
+      float32 inputs with Winograd F(4x4, 3x3) (tfmrcnn.ops.winograd, a CPU custom op; other
+      dtypes use tf.nn.conv2d); the flag is ignored by every other layer.
+    - Dilation (DC5's res5) where TF sees no GPU: a stride-1 conv with dilation d and padding
+      d * (k // 2) is the undilated conv of the d*d phase images (`conv_on_phases`). TF's CPU
+      kernels have no filter gradient for a dilated conv, and Winograd needs dilation 1.
+    - Groups (`groups` > 1, ResNeXt's 3x3): the weight is TF's grouped HWIO
+      (k, k, in_channels / groups, out_channels), detectron2's (out, in / groups, k, k)
+      transposed; output channel o belongs to group o // (out_channels / groups), as in PyTorch.
+      TF cannot differentiate a grouped Conv2D on CPU, and its remapper fuses a grouped Conv2D +
+      BiasAdd + Relu into a kernel that rejects groups. So where TF sees no GPU each group runs
+      as its own dense conv (bias and ReLU fused per group by oneDNN; on this CPU as fast as
+      TF's grouped forward, and faster than Winograd per group at ResNeXt's 8..64 channels per
+      group: NOTES.md); with a GPU (cuDNN has grouped and dilated kernels, forward and backward)
+      it is one grouped Conv2D whose bias is added with AddV2, which the remapper fuses only on
+      CPUs.
     """
 
     def __init__(self, prefix: str, in_channels: int, out_channels: int, kernel_size: int,
                  stride: int = 1, padding: Optional[int] = None, use_bias: bool = True,
                  norm: Optional[tf.Module] = None, activation: Optional[Callable] = None,
-                 init: str = "msra", dilation: int = 1, winograd: bool = False):
+                 init: str = "msra", dilation: int = 1, winograd: bool = False,
+                 groups: int = 1):
         super().__init__(prefix)
+        if groups < 1 or in_channels % groups or out_channels % groups:
+            raise ValueError(f"{prefix}: {in_channels} input and {out_channels} output channels "
+                             f"cannot be split into groups={groups}")
         k = kernel_size
         self.stride = stride
         self.dilation = dilation
+        self.groups = groups
         self.padding = (k // 2) * dilation if padding is None else padding
-        shape = (k, k, in_channels, out_channels)
-        if init == "msra":
+        shape = (k, k, in_channels // groups, out_channels)
+        if init == "msra":  # PyTorch's fan_out of a (out, in / groups, k, k) weight
             w = _kaiming_normal_fan_out(shape, k * k * out_channels)
         elif init == "xavier":
-            w = _xavier_uniform_a1(shape, k * k * in_channels)
+            w = _xavier_uniform_a1(shape, k * k * in_channels // groups)
         elif init.startswith("normal:"):
             w = tf.random.normal(shape, stddev=float(init.split(":")[1]))
         else:
@@ -82,8 +102,13 @@ class Conv2D(NamedModule):
         self.bias = self._param("bias", tf.zeros([out_channels])) if use_bias else None
         self.norm = norm
         self.activation = activation
-        self.winograd = (bool(winograd) and k == 3 and stride == 1 and dilation == 1
-                         and self.padding == 1)
+        on_gpu = gpu_visible()
+        self.split_groups = groups > 1 and not on_gpu
+        self.phases = (dilation if not on_gpu and dilation > 1 and stride == 1
+                       and self.padding == dilation * (k // 2) else 1)
+        # Winograd on the layer's input, or on its phase images (then undilated)
+        self.winograd = (bool(winograd) and groups == 1 and k == 3 and stride == 1
+                         and self.padding == dilation and self.phases == dilation)
 
     def __call__(self, x, training: bool = False):
         # x: (N, H, W, Cin) -> (N, H', W', Cout)
@@ -98,26 +123,73 @@ class Conv2D(NamedModule):
             bias = shift if bias is None else shift + bias * scale
             norm = None
         activation = self.activation
-        if self.winograd and x.dtype == tf.float32:
-            from tfmrcnn.ops.winograd import conv3x3  # needs the compiled op library
-            # the bias, and the ReLU when no norm sits between, go into the output transform
-            fuse_relu = norm is None and activation is tf.nn.relu
-            x = conv3x3(x, weight, bias, relu=fuse_relu)
-            bias = None
-            activation = None if fuse_relu else activation
-        else:
-            if self.padding:
-                p = self.padding
-                x = tf.pad(x, [[0, 0], [p, p], [p, p], [0, 0]])
-            x = tf.nn.conv2d(x, tf.cast(weight, x.dtype), strides=self.stride, padding="VALID",
-                             dilations=self.dilation)
-        if bias is not None:
-            x = tf.nn.bias_add(x, tf.cast(bias, x.dtype))
+        # the ReLU goes into the conv with the bias (Winograd's output transform, oneDNN's
+        # fused conv) when no norm sits between them
+        relu = norm is None and activation is tf.nn.relu
+
+        def conv(images):
+            return self._conv(images, weight, bias, relu)
+
+        x = conv_on_phases(x, self.phases, conv) if self.phases > 1 else conv(x)
         if norm is not None:
             x = norm(x, training=training)
-        if activation is not None:
+        if activation is not None and not relu:
             x = activation(x)
         return x
+
+    def _conv(self, x, weight, bias, relu: bool):
+        """The convolution + bias (+ ReLU), by the algorithm chosen at construction."""
+        if self.groups == 1:
+            return self._dense(x, weight, bias, relu)
+        if self.split_groups:
+            g = self.groups
+            biases = [None] * g if bias is None else tf.split(bias, g)
+            return tf.concat([self._dense(xg, wg, bg, relu) for xg, wg, bg in zip(
+                tf.split(x, g, axis=-1), tf.split(weight, g, axis=-1), biases)], axis=-1)
+        # TF's grouped Conv2D (groups = Cin of x / Cin of weight), the bias by AddV2 (above)
+        x = self._conv2d(x, weight)
+        if bias is not None:
+            x = tf.math.add(x, tf.cast(bias, x.dtype))
+        return tf.nn.relu(x) if relu else x
+
+    def _dense(self, x, weight, bias, relu: bool):
+        """conv(x, weight) + bias (+ ReLU) for a weight (k, k, Cin of x, K)."""
+        if self.winograd and x.dtype == tf.float32:
+            from tfmrcnn.ops.winograd import conv3x3  # needs the compiled op library
+            return conv3x3(x, weight, bias, relu=relu)
+        x = self._conv2d(x, weight)
+        if bias is not None:
+            x = tf.nn.bias_add(x, tf.cast(bias, x.dtype))
+        return tf.nn.relu(x) if relu else x
+
+    def _conv2d(self, x, weight):
+        """tf.nn.conv2d with the layer's padding, stride and dilation, divided by the phase
+        count when `x` holds phase images."""
+        p, d = self.padding // self.phases, self.dilation // self.phases
+        if p:
+            x = tf.pad(x, [[0, 0], [p, p], [p, p], [0, 0]])
+        return tf.nn.conv2d(x, tf.cast(weight, x.dtype), strides=self.stride, padding="VALID",
+                            dilations=d)
+
+
+def conv_on_phases(x, d: int, conv: Callable):
+    """A stride-1 conv with dilation d and padding d * (k // 2), computed by `conv`, the same
+    conv without dilation (padding k // 2), on the d*d phase images x[:, i::d, j::d].
+
+    Output pixel (d*r + i, d*c + j) reads only input pixels of its own phase (i, j), the
+    neighbours of (r, c) in that phase image. space_to_batch stacks the phases in the batch (H
+    and W zero-padded to multiples of d: zeros that stand for the conv's own padding), and
+    batch_to_space puts the outputs back and crops. x: (N, H, W, C) -> (N, H, W, K).
+    """
+    shape = tf.shape(x)
+    pads = [[0, (-shape[1]) % d], [0, (-shape[2]) % d]]
+    phases = tf.space_to_batch(x, [d, d], pads)  # (d*d*N, ceil(H / d), ceil(W / d), C)
+    return tf.batch_to_space(conv(phases), [d, d], pads)
+
+
+def gpu_visible() -> bool:
+    """Whether TensorFlow sees a GPU (see `Conv2D`: grouped and dilated convs)."""
+    return bool(tf.config.list_logical_devices("GPU"))
 
 
 def _frozen_affine(norm):

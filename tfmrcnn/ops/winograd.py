@@ -7,8 +7,7 @@ per 4x4 output tile instead of 144), as cuDNN does on GPUs. R50-FPN spends most 
 and the mask head).
 
 Convention: NHWC input, HWIO kernel, stride 1, zero padding 1 on every side (detectron2's
-`Conv2d(kernel_size=3, padding=1)`), float32 (float64 accepted, for gradient checks); a
-dilation d with padding d (DC5's res5) is the same conv on the d*d phase images.
+`Conv2d(kernel_size=3, padding=1)`), float32 (float64 accepted, for gradient checks).
 Per 4x4 output tile: y = A^T [(G g G^T) (.) (B^T d B)] A with d the 6x6 input tile (Lavin &
 Gray 2015, points 0, +-1, +-2, infinity). The tile transforms are custom ops (custom_ops/
 winograd_op.cc, CPU only, gradients registered below); the 36 channel products are one batched
@@ -41,41 +40,20 @@ def transform_kernel(kernel):
     return tf.reshape(u, [_ALPHA * _ALPHA, c, k])
 
 
-def conv3x3(x, kernel, bias=None, relu: bool = False, dilation: int = 1):
-    """Same result as ``tf.nn.conv2d(tf.pad(x, d pixels), kernel, 1, 'VALID', dilations=d)``
-    with d = `dilation` (+ bias, then ReLU if `relu`; both are applied inside the output
-    transform, not as extra passes): detectron2's ``Conv2d(3, padding=d, dilation=d)``.
+def conv3x3(x, kernel, bias=None, relu: bool = False):
+    """Same result as ``tf.nn.conv2d(tf.pad(x, 1 pixel), kernel, 1, 'VALID')`` (+ bias, then
+    ReLU if `relu`; both are applied inside the output transform, not as extra passes).
 
     x: (N, H, W, C) float32; kernel: (3, 3, C, K); bias: (K,) or None. Returns (N, H, W, K).
     Differentiable with respect to x, kernel and bias. CPU only (the tile transforms have no
     GPU kernel).
     """
-    if dilation != 1:
-        return _dilated_conv3x3(x, kernel, bias, relu, int(dilation))
     lib = load_library()
     image_shape = tf.shape(x, out_type=tf.int32)[:3]       # [N, H, W]
     tiles = lib.winograd_input_transform(x)                # (36, P, C)
     products = tf.matmul(tiles, transform_kernel(kernel))  # (36, P, K)
     bias = tf.zeros([0], x.dtype) if bias is None else tf.cast(bias, x.dtype)
     return lib.winograd_output_transform(products, image_shape, bias, relu=bool(relu))
-
-
-def _dilated_conv3x3(x, kernel, bias, relu: bool, d: int):
-    """The dilation-d, padding-d 3x3 conv as the padding-1 conv of the d*d phase images.
-
-    Output pixel (d*r + i, d*c + j) only reads input pixels of the same phase (i, j), which
-    are the neighbours (r +- 1, c +- 1) of the phase image x[:, i::d, j::d]; space_to_batch
-    stacks the phases in the batch (H, W zero-padded to multiples of d, zeros that stand for
-    the conv's own padding), batch_to_space puts the outputs back and crops. (DC5's res5.)
-    """
-    if d < 1:
-        raise ValueError(f"dilation must be >= 1, got {d}")
-    shape = tf.shape(x)
-    pad_h, pad_w = (-shape[1]) % d, (-shape[2]) % d
-    pads = [[0, pad_h], [0, pad_w]]
-    phases = tf.space_to_batch(x, [d, d], pads)  # (d*d*N, ceil(H/d), ceil(W/d), C)
-    y = conv3x3(phases, kernel, bias, relu)       # (d*d*N, ceil(H/d), ceil(W/d), K)
-    return tf.batch_to_space(y, [d, d], pads)     # (N, H, W, K)
 
 
 @tf.RegisterGradient("WinogradInputTransform")
