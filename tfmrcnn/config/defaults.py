@@ -37,12 +37,15 @@ _C.MODEL.PIXEL_STD = [1.0, 1.0, 1.0]  # input divisor; 1 because MSRA weights ab
 _C.MODEL.WINOGRAD = True
 
 _C.MODEL.BACKBONE = {}
-_C.MODEL.BACKBONE.NAME = "build_resnet_fpn_backbone"  # only the ResNet-FPN backbone exists
+# build_resnet_fpn_backbone (ResNet + FPN) or build_resnet_backbone (the ResNet alone: C4)
+_C.MODEL.BACKBONE.NAME = "build_resnet_fpn_backbone"
 _C.MODEL.BACKBONE.FREEZE_AT = 2  # freeze stem (1) .. res{N} (N); 0 trains everything
 
 _C.MODEL.RESNETS = {}
 _C.MODEL.RESNETS.DEPTH = 50  # 18/34 (basic blocks), 50/101/152 (bottlenecks)
-_C.MODEL.RESNETS.OUT_FEATURES = ["res2", "res3", "res4", "res5"]  # stages fed to the FPN
+# stages fed to the FPN, or the backbone's outputs without FPN (C4: ["res4"]); stages after
+# the last one listed are not built
+_C.MODEL.RESNETS.OUT_FEATURES = ["res2", "res3", "res4", "res5"]
 _C.MODEL.RESNETS.NUM_GROUPS = 1  # >1 makes ResNeXt
 _C.MODEL.RESNETS.NORM = "FrozenBN"  # FrozenBN, BN, SyncBN, GN or "" (none)
 _C.MODEL.RESNETS.WIDTH_PER_GROUP = 64  # bottleneck width of res2 per group
@@ -88,7 +91,9 @@ _C.MODEL.RPN.NMS_THRESH = 0.7  # IoU threshold of the per-level proposal NMS
 _C.MODEL.RPN.CONV_DIMS = [-1]  # RPN head conv widths; -1 = input width (only [-1] supported)
 
 _C.MODEL.ROI_HEADS = {}
-_C.MODEL.ROI_HEADS.NAME = "StandardROIHeads"  # StandardROIHeads or CascadeROIHeads
+# StandardROIHeads, CascadeROIHeads or Res5ROIHeads (C4: res5 on 14x14 ROIs of res4, shared by
+# the box predictor and the mask head; pooler keys of ROI_BOX_HEAD, ROI_MASK_HEAD's unused)
+_C.MODEL.ROI_HEADS.NAME = "StandardROIHeads"
 _C.MODEL.ROI_HEADS.NUM_CLASSES = 80  # foreground classes (background label = NUM_CLASSES)
 _C.MODEL.ROI_HEADS.IN_FEATURES = ["p2", "p3", "p4", "p5"]  # FPN levels pooled by the heads
 _C.MODEL.ROI_HEADS.IOU_THRESHOLDS = [0.5]  # proposal is foreground if IoU >= this

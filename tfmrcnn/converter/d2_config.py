@@ -8,6 +8,8 @@ Convention: every leaf key of the detectron2 file falls in exactly one class:
 - required: it selects an architecture variant; only the values tfmrcnn implements are
   accepted (``PROPOSAL_GENERATOR.NAME: RRPN`` is an error naming the key). Those with several
   accepted values (``ROI_HEADS.NAME``) are also copied into our tree (_SELECTED).
+- layout: which features the backbone outputs and the RPN / ROI heads read (_LAYOUTS): checked
+  together against the combinations tfmrcnn builds (FPN, C4, ...) and copied.
 - ignored: it does not change inference (solver, datasets, training-only sampling/loss keys)
   or belongs to a module the required keys rule out (RetinaNet, keypoint head, ...).
 
@@ -87,25 +89,20 @@ REQUIRED_VALUES: Dict[str, Tuple[Any, List[Any], str]] = {
                                 "only GeneralizedRCNN is implemented"),
     "MODEL.LOAD_PROPOSALS": (False, [False], "precomputed proposals are not supported"),
     "MODEL.KEYPOINT_ON": (False, [False], "the keypoint head is not implemented"),
-    "MODEL.BACKBONE.NAME": ("build_resnet_backbone", ["build_resnet_fpn_backbone"],
-                            "only the ResNet-FPN backbone is implemented"),
-    "MODEL.RESNETS.OUT_FEATURES": (["res4"], [_FPN_RES], "the FPN takes res2..res5"),
+    "MODEL.BACKBONE.NAME": ("build_resnet_backbone",
+                            ["build_resnet_fpn_backbone", "build_resnet_backbone"],
+                            "only the ResNet and ResNet-FPN backbones are implemented"),
     "MODEL.RESNETS.DEFORM_ON_PER_STAGE": ([False] * 4, [[False] * 4],
                                           "deformable convolutions are not implemented"),
-    "MODEL.FPN.IN_FEATURES": ([], [_FPN_RES], "the FPN takes res2..res5"),
     "MODEL.PROPOSAL_GENERATOR.NAME": ("RPN", ["RPN"], "only the RPN is implemented"),
     "MODEL.ANCHOR_GENERATOR.NAME": ("DefaultAnchorGenerator", ["DefaultAnchorGenerator"],
                                     "only axis-aligned default anchors are implemented"),
     "MODEL.RPN.HEAD_NAME": ("StandardRPNHead", ["StandardRPNHead"],
                             "only StandardRPNHead is implemented"),
-    "MODEL.RPN.IN_FEATURES": (["res4"], [["p2", "p3", "p4", "p5", "p6"]], "the RPN runs on P2..P6"),
     "MODEL.RPN.CONV_DIMS": ([-1], [[-1]], "the RPN head has one conv of the input width"),
-    "MODEL.ROI_HEADS.NAME": ("Res5ROIHeads", ["StandardROIHeads", "CascadeROIHeads"],
+    "MODEL.ROI_HEADS.NAME": ("Res5ROIHeads",
+                             ["StandardROIHeads", "CascadeROIHeads", "Res5ROIHeads"],
                              "other ROI heads are not implemented"),
-    "MODEL.ROI_HEADS.IN_FEATURES": (["res4"], [["p2", "p3", "p4", "p5"]],
-                                    "the ROI heads pool P2..P5"),
-    "MODEL.ROI_BOX_HEAD.NAME": ("", ["FastRCNNConvFCHead"],
-                                "only FastRCNNConvFCHead is implemented"),
     "MODEL.ROI_BOX_HEAD.USE_SIGMOID_CE": (False, [False],
                                           "sigmoid class scores are not implemented"),
     "MODEL.ROI_BOX_HEAD.POOLER_TYPE": ("ROIAlignV2", ["ROIAlignV2"],
@@ -118,10 +115,71 @@ _CONDITIONAL = {
     # checked only when MODEL.MASK_ON is true
     "MODEL.ROI_MASK_HEAD.NAME": ("MaskRCNNConvUpsampleHead", ["MaskRCNNConvUpsampleHead"],
                                  "only MaskRCNNConvUpsampleHead is implemented"),
+    # checked only when the ROI heads have a box head (Res5ROIHeads runs res5 instead)
+    "MODEL.ROI_BOX_HEAD.NAME": ("", ["FastRCNNConvFCHead"],
+                                "only FastRCNNConvFCHead is implemented"),
 }
-# required keys whose value (one of the accepted) is copied into our tree
-_SELECTED = ("MODEL.ROI_HEADS.NAME",)
-D2_DEFAULTS = {**_MAPPED_DEFAULTS,
+
+
+def _conditional_applies(key: str, effective: Dict[str, Any]) -> bool:
+    if key == "MODEL.ROI_MASK_HEAD.NAME":
+        return bool(effective["MODEL.MASK_ON"])
+    return effective["MODEL.ROI_HEADS.NAME"] != "Res5ROIHeads"
+
+
+# --------------------------------------------------------------------------- feature layouts
+# Keys wiring the backbone's outputs to the RPN and the ROI heads, with detectron2's defaults
+# (those of a C4 model). They are checked together: their values (and ROI_HEADS.NAME) must
+# be one of _LAYOUTS[BACKBONE.NAME] (name -> {key: accepted values}); then copied.
+_LAYOUT_DEFAULTS: Dict[str, Any] = {
+    "MODEL.RESNETS.OUT_FEATURES": ["res4"],
+    "MODEL.FPN.IN_FEATURES": [],
+    "MODEL.RPN.IN_FEATURES": ["res4"],
+    "MODEL.ROI_HEADS.IN_FEATURES": ["res4"],
+}
+_LAYOUTS: Dict[str, Dict[str, Dict[str, List[Any]]]] = {
+    "build_resnet_fpn_backbone": {
+        "FPN": {"MODEL.RESNETS.OUT_FEATURES": [_FPN_RES], "MODEL.FPN.IN_FEATURES": [_FPN_RES],
+                "MODEL.RPN.IN_FEATURES": [["p2", "p3", "p4", "p5", "p6"]],
+                "MODEL.ROI_HEADS.IN_FEATURES": [["p2", "p3", "p4", "p5"]],
+                "MODEL.ROI_HEADS.NAME": ["StandardROIHeads", "CascadeROIHeads"]},
+    },
+    "build_resnet_backbone": {
+        # C4: RPN and ROI pooler on res4, res5 run by Res5ROIHeads on the pooled regions
+        "C4": {"MODEL.RESNETS.OUT_FEATURES": [["res4"]], "MODEL.RPN.IN_FEATURES": [["res4"]],
+               "MODEL.ROI_HEADS.IN_FEATURES": [["res4"]],
+               "MODEL.ROI_HEADS.NAME": ["Res5ROIHeads"]},
+        # DC5 (RESNETS.RES5_DILATION 2) and C5: RPN and ROI heads on res5
+        "C5": {"MODEL.RESNETS.OUT_FEATURES": [["res5"]], "MODEL.RPN.IN_FEATURES": [["res5"]],
+               "MODEL.ROI_HEADS.IN_FEATURES": [["res5"]],
+               "MODEL.ROI_HEADS.NAME": ["StandardROIHeads", "CascadeROIHeads"]},
+    },
+}
+
+
+def _check_layout(effective: Dict[str, Any], source: str) -> str:
+    """The name of the _LAYOUTS entry the effective values form, or D2ConfigError naming
+    MODEL.BACKBONE.NAME and the keys that differ from the nearest layout."""
+    backbone = effective["MODEL.BACKBONE.NAME"]
+    mismatches = {}
+    for name, accepted in _LAYOUTS[backbone].items():
+        wrong = [k for k, values in accepted.items()
+                 if _normalise(effective[k]) not in [_normalise(v) for v in values]]
+        if not wrong:
+            return name
+        mismatches[name] = wrong
+    name, wrong = min(mismatches.items(), key=lambda item: len(item[1]))
+    accepted = _LAYOUTS[backbone][name]
+    raise D2ConfigError(
+        f"{source}: MODEL.BACKBONE.NAME = {backbone!r} with "
+        + ", ".join(f"{k} = {effective[k]!r}" for k in wrong)
+        + f" is not a layout tfmrcnn builds; the {name} layout needs "
+        + ", ".join(f"{k} in {accepted[k]!r}" for k in wrong))
+
+
+# required keys whose value (one of the accepted) is copied into our tree, with the layout's
+_SELECTED = ("MODEL.BACKBONE.NAME", "MODEL.ROI_HEADS.NAME", *_LAYOUT_DEFAULTS)
+D2_DEFAULTS = {**_MAPPED_DEFAULTS, **_LAYOUT_DEFAULTS,
                **{k: v[0] for k, v in {**REQUIRED_VALUES, **_CONDITIONAL}.items()}}
 
 # Keys (exact) and groups (prefix ending with '.') that do not change inference.
@@ -216,7 +274,7 @@ def cfg_from_d2_dict(values: Dict[str, Any], source: str = "<dict>", base_cfg=No
     flat = _flatten(values)
     report = D2ConfigReport()
     for key in flat:
-        if key in _MAPPED_DEFAULTS or key in REQUIRED_VALUES or key in _CONDITIONAL:
+        if key in D2_DEFAULTS:
             continue
         if _is_ignored(key):
             report.ignored.append(key)
@@ -228,9 +286,10 @@ def cfg_from_d2_dict(values: Dict[str, Any], source: str = "<dict>", base_cfg=No
         _check_required(key, effective[key], spec, source)
         if key in flat:
             report.checked.append(key)
-    if effective["MODEL.MASK_ON"]:
-        for key, spec in _CONDITIONAL.items():
+    for key, spec in _CONDITIONAL.items():
+        if _conditional_applies(key, effective):
             _check_required(key, effective[key], spec, source)
+    _check_layout(effective, source)
     mapped = {}
     for key in MAPPED_KEYS:
         value = effective[key]

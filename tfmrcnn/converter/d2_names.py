@@ -1,11 +1,14 @@
-"""The detectron2 state dict of a ResNet-FPN (Mask/Faster) R-CNN, from the config alone.
+"""The detectron2 state dict of a ResNet-FPN or C4 (Mask/Faster) R-CNN, from the config alone.
 
 Convention: names and shapes are detectron2's (PyTorch layouts: conv (out, in/groups, kh, kw),
 deconv (in, out, kh, kw), linear (out, in)), derived from detectron2's documented architecture
 (modeling/backbone/resnet.py, fpn.py, proposal_generator/rpn.py, roi_heads/box_head.py,
-fast_rcnn.py, mask_head.py), independently of tfmrcnn's model code, so that it can serve as the
-reference the model's variable names are checked against. Buffers that are not weights
-(``num_batches_tracked``, anchors, pixel statistics) are not listed.
+fast_rcnn.py, mask_head.py, roi_heads.py's Res5ROIHeads), independently of tfmrcnn's model
+code, so that it can serve as the reference the model's variable names are checked against.
+The ResNet is ``backbone.bottom_up`` inside an FPN and ``backbone`` itself otherwise (C4), with
+the stages up to the last of RESNETS.OUT_FEATURES; a C4 model's res5 is ``roi_heads.res5``.
+Buffers that are not weights (``num_batches_tracked``, anchors, pixel statistics) are not
+listed.
 """
 from __future__ import annotations
 
@@ -14,11 +17,13 @@ from typing import Dict, List, Optional, Tuple
 
 __all__ = [
     "TensorSpec", "expected_d2_tensors", "expected_d2_state_dict_shapes", "norm_suffixes",
-    "resnet_num_blocks", "box_head_prefixes", "BOTTOM_UP", "FPN_STAGES",
+    "resnet_num_blocks", "box_head_prefixes", "backbone_prefix", "BOTTOM_UP", "FPN_STAGES",
+    "RES5_HEAD",
 ]
 
 BOTTOM_UP = "backbone.bottom_up"
 FPN_STAGES = (2, 3, 4, 5)  # res2..res5 feed the FPN; P6 is a parameter-free max-pool
+RES5_HEAD = "roi_heads.res5"  # Res5ROIHeads' res5 stage (3 bottleneck blocks, any depth)
 
 # Norms that keep batch statistics at inference; detectron2's debugging variants of SyncBN
 # (nnSyncBN, naiveSyncBN, naiveSyncBN_N) store exactly what SyncBN stores.
@@ -83,12 +88,33 @@ class _Builder:
         self.specs[f"{name}.bias"] = TensorSpec((fout,), "vector")
 
 
-def _resnet(b: _Builder, cfg) -> List[int]:
-    """Bottom-up ResNet (convs have no bias); returns the output channels of res2..res5."""
+def backbone_prefix(cfg) -> str:
+    """Where detectron2 keeps the ResNet: ``backbone.bottom_up`` in an FPN, else ``backbone``."""
+    return BOTTOM_UP if cfg.MODEL.BACKBONE.NAME == "build_resnet_fpn_backbone" else "backbone"
+
+
+def _last_stage(cfg) -> int:
+    """detectron2 builds ResNet stages up to the last one in RESNETS.OUT_FEATURES."""
+    return max(int(f[len("res"):]) for f in cfg.MODEL.RESNETS.OUT_FEATURES)
+
+
+def _bottleneck(b: _Builder, p: str, in_ch: int, bottleneck: int, out_ch: int, groups: int,
+                norm: str) -> None:
+    # a 1x1 projection shortcut iff in_channels != out_channels (detectron2's blocks)
+    if in_ch != out_ch:
+        b.conv(f"{p}.shortcut", in_ch, out_ch, 1, bias=False, norm=norm)
+    b.conv(f"{p}.conv1", in_ch, bottleneck, 1, bias=False, norm=norm)
+    b.conv(f"{p}.conv2", bottleneck, bottleneck, 3, groups=groups, bias=False, norm=norm)
+    b.conv(f"{p}.conv3", bottleneck, out_ch, 1, bias=False, norm=norm)
+
+
+def _resnet(b: _Builder, cfg, prefix: str, last_stage: int) -> List[int]:
+    """ResNet stem + res2..res{last_stage} named `prefix` (convs have no bias); returns the
+    output channels of those stages."""
     r = cfg.MODEL.RESNETS
     depth, norm = r.DEPTH, r.NORM
     stem = r.STEM_OUT_CHANNELS
-    b.conv(f"{BOTTOM_UP}.stem.conv1", 3, stem, 7, bias=False, norm=norm)
+    b.conv(f"{prefix}.stem.conv1", 3, stem, 7, bias=False, norm=norm)
     basic = depth in (18, 34)
     # RES2_OUT_CHANNELS for basic blocks too: detectron2's config builder insists on 64 for
     # R18/R34, but its BasicBlock stages take any width, and so does tfmrcnn (narrow R18s).
@@ -97,21 +123,20 @@ def _resnet(b: _Builder, cfg) -> List[int]:
     in_ch = stem
     outs = []
     for stage, n in zip(FPN_STAGES, resnet_num_blocks(depth)):
+        if stage > last_stage:
+            break
         for i in range(n):
-            p = f"{BOTTOM_UP}.res{stage}.{i}"
+            p = f"{prefix}.res{stage}.{i}"
             # detectron2's blocks have a 1x1 projection shortcut iff in_channels != out_channels
             # (ResNet stages double the width, so only a stage's first block can have one;
             # res2.0 has one unless the stem is as wide as res2, e.g. R18 with 64 and 64).
-            if in_ch != out_ch:
-                b.conv(f"{p}.shortcut", in_ch, out_ch, 1, bias=False, norm=norm)
             if basic:
+                if in_ch != out_ch:
+                    b.conv(f"{p}.shortcut", in_ch, out_ch, 1, bias=False, norm=norm)
                 b.conv(f"{p}.conv1", in_ch, out_ch, 3, bias=False, norm=norm)
                 b.conv(f"{p}.conv2", out_ch, out_ch, 3, bias=False, norm=norm)
             else:
-                b.conv(f"{p}.conv1", in_ch, bottleneck, 1, bias=False, norm=norm)
-                b.conv(f"{p}.conv2", bottleneck, bottleneck, 3, groups=r.NUM_GROUPS,
-                       bias=False, norm=norm)
-                b.conv(f"{p}.conv3", bottleneck, out_ch, 1, bias=False, norm=norm)
+                _bottleneck(b, p, in_ch, bottleneck, out_ch, r.NUM_GROUPS, norm)
             in_ch = out_ch
         outs.append(out_ch)
         out_ch *= 2
@@ -143,8 +168,26 @@ def num_cell_anchors(cfg) -> int:
     return counts.pop()
 
 
-def _rpn(b: _Builder, cfg) -> None:
-    c = cfg.MODEL.FPN.OUT_CHANNELS
+def _feature_channels(cfg, stage_channels: List[int]) -> int:
+    """Width of the maps the RPN and the ROI heads read: the FPN's, or the ResNet stage's."""
+    if cfg.MODEL.BACKBONE.NAME == "build_resnet_fpn_backbone":
+        return cfg.MODEL.FPN.OUT_CHANNELS
+    return stage_channels[-1]
+
+
+def _res5_head(b: _Builder, cfg) -> int:
+    """Res5ROIHeads._build_res5_block: 3 bottleneck blocks 8x res2's width; returns their
+    output channels (the box predictor's input, after the spatial mean)."""
+    r = cfg.MODEL.RESNETS
+    out_ch = r.RES2_OUT_CHANNELS * 8
+    in_ch, bottleneck = out_ch // 2, r.NUM_GROUPS * r.WIDTH_PER_GROUP * 8
+    for i in range(3):
+        _bottleneck(b, f"{RES5_HEAD}.{i}", in_ch, bottleneck, out_ch, r.NUM_GROUPS, r.NORM)
+        in_ch = out_ch
+    return out_ch
+
+
+def _rpn(b: _Builder, cfg, c: int) -> None:
     if list(cfg.MODEL.RPN.CONV_DIMS) != [-1]:
         raise ValueError(f"MODEL.RPN.CONV_DIMS {cfg.MODEL.RPN.CONV_DIMS} unsupported (only [-1])")
     a = num_cell_anchors(cfg)
@@ -164,13 +207,13 @@ def box_head_prefixes(cfg) -> List[Tuple[str, str]]:
     return [("roi_heads.box_head", "roi_heads.box_predictor")]
 
 
-def _box_head(b: _Builder, cfg) -> None:
+def _box_head(b: _Builder, cfg, in_channels: int) -> None:
     h = cfg.MODEL.ROI_BOX_HEAD
     k = cfg.MODEL.ROI_HEADS.NUM_CLASSES
     prefixes = box_head_prefixes(cfg)
     # detectron2 registers every stage's head before the predictors (two ModuleLists)
     for head, _ in prefixes:
-        c, res = cfg.MODEL.FPN.OUT_CHANNELS, h.POOLER_RESOLUTION
+        c, res = in_channels, h.POOLER_RESOLUTION
         for i in range(h.NUM_CONV):
             b.conv(f"{head}.conv{i + 1}", c, h.CONV_DIM, 3, bias=h.NORM == "", norm=h.NORM)
             c = h.CONV_DIM
@@ -185,9 +228,18 @@ def _box_head(b: _Builder, cfg) -> None:
         b.linear(f"{predictor}.bbox_pred", width, reg_classes * 4, nchw_input=spatial)
 
 
-def _mask_head(b: _Builder, cfg) -> None:
+def _box_predictor(b: _Builder, cfg, width: int,
+                   prefix: str = "roi_heads.box_predictor") -> None:
+    """A predictor on a (width,) vector: Res5ROIHeads' (spatial mean of res5)."""
+    k = cfg.MODEL.ROI_HEADS.NUM_CLASSES
+    reg_classes = 1 if cfg.MODEL.ROI_BOX_HEAD.CLS_AGNOSTIC_BBOX_REG else k
+    b.linear(f"{prefix}.cls_score", width, k + 1)
+    b.linear(f"{prefix}.bbox_pred", width, reg_classes * 4)
+
+
+def _mask_head(b: _Builder, cfg, in_channels: int) -> None:
     h = cfg.MODEL.ROI_MASK_HEAD
-    c = cfg.MODEL.FPN.OUT_CHANNELS
+    c = in_channels
     for i in range(h.NUM_CONV):
         b.conv(f"roi_heads.mask_head.mask_fcn{i + 1}", c, h.CONV_DIM, 3, bias=h.NORM == "",
                norm=h.NORM)
@@ -200,17 +252,25 @@ def _mask_head(b: _Builder, cfg) -> None:
 def expected_d2_tensors(cfg, backbone_only: bool = False) -> Dict[str, TensorSpec]:
     """Every weight tensor detectron2 stores for this config, in state-dict order.
 
-    backbone_only: only the bottom-up ResNet (what an ImageNet checkpoint provides).
+    backbone_only: only the ResNet res2..res5 as ``backbone.bottom_up`` (what an ImageNet
+    checkpoint provides, whatever the architecture).
     """
     b = _Builder()
-    stage_channels = _resnet(b, cfg)
     if backbone_only:
+        _resnet(b, cfg, BOTTOM_UP, FPN_STAGES[-1])
         return b.specs
-    _fpn(b, cfg, stage_channels)
-    _rpn(b, cfg)
-    _box_head(b, cfg)
+    stage_channels = _resnet(b, cfg, backbone_prefix(cfg), _last_stage(cfg))
+    if cfg.MODEL.BACKBONE.NAME == "build_resnet_fpn_backbone":
+        _fpn(b, cfg, stage_channels)
+    channels = _feature_channels(cfg, stage_channels)
+    _rpn(b, cfg, channels)
+    if cfg.MODEL.ROI_HEADS.NAME == "Res5ROIHeads":
+        channels = _res5_head(b, cfg)
+        _box_predictor(b, cfg, channels)
+    else:
+        _box_head(b, cfg, channels)
     if cfg.MODEL.MASK_ON:
-        _mask_head(b, cfg)
+        _mask_head(b, cfg, channels)
     return b.specs
 
 

@@ -14,7 +14,7 @@ from typing import Dict, List, Optional, Tuple
 
 from tfmrcnn.config import get_cfg
 
-from .d2_names import BOTTOM_UP, resnet_num_blocks
+from .d2_names import BOTTOM_UP, RES5_HEAD, resnet_num_blocks
 
 __all__ = ["InferenceError", "infer_cfg_from_shapes"]
 
@@ -39,29 +39,51 @@ def _norm_of(shapes: Shapes, prefix: str, stat_norm: str) -> str:
     return {0: "", 2: "GN", 4: stat_norm}[n]
 
 
-def _depth(shapes: Shapes) -> int:
-    basic = f"{BOTTOM_UP}.res2.0.conv3.weight" not in shapes
-    blocks = tuple(_count(shapes, rf"^{re.escape(BOTTOM_UP)}\.res{s}\.(\d+)\.")
-                   for s in (2, 3, 4, 5))
+def _depth(shapes: Shapes, prefix: str, stages) -> int:
+    basic = f"{prefix}.res2.0.conv3.weight" not in shapes
+    blocks = tuple(_count(shapes, rf"^{re.escape(prefix)}\.res{s}\.(\d+)\.") for s in stages)
     for depth in ((18, 34) if basic else (50, 101, 152)):
-        if resnet_num_blocks(depth) == blocks:
+        if resnet_num_blocks(depth)[:len(stages)] == blocks:
             return depth
-    raise InferenceError(f"no ResNet depth has {blocks} blocks in res2..res5"
-                         f" ({'basic' if basic else 'bottleneck'} blocks)")
+    raise InferenceError(f"no ResNet depth has {blocks} blocks in res{stages[0]}..res"
+                         f"{stages[-1]} ({'basic' if basic else 'bottleneck'} blocks)")
 
 
-def _backbone(shapes: Shapes, cfg, notes: List[str]) -> None:
+def _c4_layout(shapes: Shapes, cfg, notes: List[str]) -> bool:
+    """A C4 checkpoint (ResNet ``backbone.*`` up to res4, ``roi_heads.res5.*``): sets
+    detectron2's C4 wiring (Base-RCNN-C4.yaml with detectron2's defaults) and says so."""
+    if f"{RES5_HEAD}.0.conv1.weight" not in shapes:
+        return False
+    m = cfg.MODEL
+    m.BACKBONE.NAME = "build_resnet_backbone"
+    m.RESNETS.OUT_FEATURES = ["res4"]
+    m.RPN.IN_FEATURES = ["res4"]
+    m.ROI_HEADS.IN_FEATURES = ["res4"]
+    m.ROI_HEADS.NAME = "Res5ROIHeads"
+    m.ANCHOR_GENERATOR.SIZES = [[32, 64, 128, 256, 512]]
+    m.RPN.PRE_NMS_TOPK_TEST, m.RPN.POST_NMS_TOPK_TEST = 6000, 1000
+    m.RPN.PRE_NMS_TOPK_TRAIN, m.RPN.POST_NMS_TOPK_TRAIN = 12000, 2000
+    m.ROI_BOX_HEAD.POOLER_RESOLUTION = 14
+    notes.append("C4 model (roi_heads.res5): RPN and Res5ROIHeads on res4, anchors "
+                 "[[32, 64, 128, 256, 512]], RPN top-k 6000 / 1000 at test, pooler 14 x 14 "
+                 "assumed (detectron2's Base-RCNN-C4)")
+    return True
+
+
+def _backbone(shapes: Shapes, cfg, notes: List[str], backbone_only: bool = False) -> None:
     r = cfg.MODEL.RESNETS
-    r.DEPTH = _depth(shapes)
-    r.NORM = _norm_of(shapes, f"{BOTTOM_UP}.stem.conv1", "FrozenBN")
-    r.STEM_OUT_CHANNELS = shapes[f"{BOTTOM_UP}.stem.conv1.weight"][0]
+    c4 = not backbone_only and _c4_layout(shapes, cfg, notes)
+    prefix = "backbone" if c4 else BOTTOM_UP
+    r.DEPTH = _depth(shapes, prefix, (2, 3, 4) if c4 else (2, 3, 4, 5))
+    r.NORM = _norm_of(shapes, f"{prefix}.stem.conv1", "FrozenBN")
+    r.STEM_OUT_CHANNELS = shapes[f"{prefix}.stem.conv1.weight"][0]
     if r.DEPTH >= 50:
-        conv2 = shapes[f"{BOTTOM_UP}.res2.0.conv2.weight"]  # (width, width / groups, 3, 3)
+        conv2 = shapes[f"{prefix}.res2.0.conv2.weight"]  # (width, width / groups, 3, 3)
         r.NUM_GROUPS = conv2[0] // conv2[1]
         r.WIDTH_PER_GROUP = conv2[0] // r.NUM_GROUPS
-        r.RES2_OUT_CHANNELS = shapes[f"{BOTTOM_UP}.res2.0.conv3.weight"][0]
+        r.RES2_OUT_CHANNELS = shapes[f"{prefix}.res2.0.conv3.weight"][0]
     else:  # basic blocks: conv1 is (out, in, 3, 3); narrow R18/R34 are not 64 wide
-        r.RES2_OUT_CHANNELS = shapes[f"{BOTTOM_UP}.res2.0.conv1.weight"][0]
+        r.RES2_OUT_CHANNELS = shapes[f"{prefix}.res2.0.conv1.weight"][0]
     if r.NORM == "FrozenBN":
         notes.append("backbone norm: 4 tensors per norm read as FrozenBN (BN/SyncBN compute the "
                      "same at inference)")
@@ -106,6 +128,8 @@ def _box_head(shapes: Shapes, cfg, notes: List[str]) -> int:
     """Fills ROI_BOX_HEAD, NUM_CLASSES (and the cascade, `_cascade_stages`); returns the class
     count. A cascade's stages share one architecture: stage 0's tensors are read."""
     h = cfg.MODEL.ROI_BOX_HEAD
+    if cfg.MODEL.ROI_HEADS.NAME == "Res5ROIHeads":  # the predictor is on res5's mean
+        return _box_predictor(shapes, cfg, "roi_heads.box_predictor", cascade=False)
     stage = ".0" if _cascade_stages(shapes, cfg, notes) else ""
     p = f"roi_heads.box_head{stage}"
     predictor = f"roi_heads.box_predictor{stage}"
@@ -123,11 +147,16 @@ def _box_head(shapes: Shapes, cfg, notes: List[str]) -> int:
     if side * side * channels != shapes[first][1]:
         raise InferenceError(f"{first} input width {shapes[first][1]} is not {channels} x R x R")
     h.POOLER_RESOLUTION = side
+    return _box_predictor(shapes, cfg, predictor, cascade=bool(stage))
+
+
+def _box_predictor(shapes: Shapes, cfg, predictor: str, cascade: bool) -> int:
+    """NUM_CLASSES and CLS_AGNOSTIC_BBOX_REG from the predictor; returns the class count."""
     classes = shapes[f"{predictor}.cls_score.weight"][0] - 1
     cfg.MODEL.ROI_HEADS.NUM_CLASSES = classes
     reg_outputs = shapes[f"{predictor}.bbox_pred.weight"][0]
     # one class: both readings are the same model; a cascade must be class-agnostic
-    h.CLS_AGNOSTIC_BBOX_REG = reg_outputs == 4 and (classes > 1 or bool(stage))
+    cfg.MODEL.ROI_BOX_HEAD.CLS_AGNOSTIC_BBOX_REG = reg_outputs == 4 and (classes > 1 or cascade)
     return classes
 
 
@@ -149,7 +178,10 @@ def _summary(cfg, backbone_only: bool) -> str:
     r = m.RESNETS
     parts = [f"RESNETS.DEPTH={r.DEPTH}", f"NORM={r.NORM!r}", f"NUM_GROUPS={r.NUM_GROUPS}",
              f"WIDTH_PER_GROUP={r.WIDTH_PER_GROUP}"]
-    if not backbone_only:
+    if not backbone_only and m.ROI_HEADS.NAME == "Res5ROIHeads":
+        parts += ["C4 (Res5ROIHeads)", f"NUM_CLASSES={m.ROI_HEADS.NUM_CLASSES}",
+                  f"MASK_ON={m.MASK_ON}"]
+    elif not backbone_only:
         parts += [f"FPN.OUT_CHANNELS={m.FPN.OUT_CHANNELS}", f"FPN.NORM={m.FPN.NORM!r}",
                   f"NUM_CLASSES={m.ROI_HEADS.NUM_CLASSES}", f"MASK_ON={m.MASK_ON}",
                   f"box head {m.ROI_BOX_HEAD.NUM_CONV} conv + {m.ROI_BOX_HEAD.NUM_FC} fc"]
@@ -165,9 +197,10 @@ def infer_cfg_from_shapes(shapes: Shapes, backbone_only: bool = False,
     cfg = (base_cfg.clone() if base_cfg is not None else get_cfg()).defrost()
     notes: List[str] = []
     try:
-        _backbone(shapes, cfg, notes)
+        _backbone(shapes, cfg, notes, backbone_only)
         if not backbone_only:
-            _fpn(shapes, cfg)
+            if cfg.MODEL.BACKBONE.NAME == "build_resnet_fpn_backbone":
+                _fpn(shapes, cfg)
             _rpn(shapes, cfg)
             classes = _box_head(shapes, cfg, notes)
             _mask_head(shapes, cfg, classes)

@@ -136,6 +136,17 @@ class BottleneckBlock(_ResidualBlock):
         return x
 
 
+def make_stage(block_class, num_blocks: int, prefix: str, in_channels: int,
+               out_channels: int, first_stride: int, norm: str, frozen: bool = False,
+               **block_kwargs) -> List[tf.Module]:
+    """detectron2's ResNet.make_stage: blocks ``{prefix}.{i}``, the first taking `in_channels`
+    with stride `first_stride`, the others `out_channels` with stride 1. Used by `ResNet` and
+    by the res5 head of Res5ROIHeads (``roi_heads.res5``); `block_kwargs` go to every block."""
+    return [block_class(f"{prefix}.{i}", in_channels if i == 0 else out_channels, out_channels,
+                        first_stride if i == 0 else 1, norm, frozen=frozen, **block_kwargs)
+            for i in range(num_blocks)]
+
+
 class ResNet(tf.Module):
     """Stem + stages res2..res5; returns {name: (N, H / stride, W / stride, C)} for out_features.
 
@@ -173,14 +184,11 @@ class ResNet(tf.Module):
             first_stride = 1 if stage == 2 or dilation == 2 else 2
             stride *= first_stride
             name = f"res{stage}"
-            blocks = []
-            for i in range(n):
-                blocks.append(block_class(
-                    f"{prefix}.{name}.{i}", cin, cout, first_stride if i == 0 else 1, norm,
-                    frozen=freeze_at >= stage, bottleneck_channels=bottleneck,
-                    num_groups=num_groups, stride_in_1x1=stride_in_1x1, dilation=dilation,
-                    winograd=winograd))
-                cin = cout
+            blocks = make_stage(block_class, n, f"{prefix}.{name}", cin, cout, first_stride,
+                                norm, frozen=freeze_at >= stage, bottleneck_channels=bottleneck,
+                                num_groups=num_groups, stride_in_1x1=stride_in_1x1,
+                                dilation=dilation, winograd=winograd)
+            cin = cout
             self.stage_names.append(name)
             self.stages.append(blocks)
             self.out_channels[name] = cout

@@ -22,22 +22,42 @@ from typing import Dict, List
 
 import tensorflow as tf
 
+from tfmrcnn.modeling.backbone import build_resnet_backbone
 from tfmrcnn.modeling.cascade_rcnn import CascadeROIHeads
 from tfmrcnn.modeling.fpn import build_resnet_fpn_backbone
 from tfmrcnn.modeling.layers import named_variables
 from tfmrcnn.modeling.norm import norm_variables
+from tfmrcnn.modeling.res5_roi_heads import Res5ROIHeads
 from tfmrcnn.modeling.roi_heads import StandardROIHeads
 from tfmrcnn.modeling.rpn import RPN
 
 # MODEL.ROI_HEADS.NAME -> class built as cls(cfg, in_channels, strides of IN_FEATURES, winograd=)
-ROI_HEADS = {"StandardROIHeads": StandardROIHeads, "CascadeROIHeads": CascadeROIHeads}
+ROI_HEADS = {"StandardROIHeads": StandardROIHeads, "CascadeROIHeads": CascadeROIHeads,
+             "Res5ROIHeads": Res5ROIHeads}
+
+# MODEL.BACKBONE.NAME -> builder(cfg, winograd=) of a module with `strides` {feature: stride}
+# and `out_channels` (an int: every feature, or {feature: channels}). detectron2's names: the
+# FPN holds the ResNet as backbone.bottom_up, the plain ResNet (C4, DC5) is backbone itself.
+BACKBONES = {
+    "build_resnet_fpn_backbone": build_resnet_fpn_backbone,
+    "build_resnet_backbone": lambda cfg, winograd: build_resnet_backbone(
+        cfg, prefix="backbone", winograd=winograd),
+}
+
+
+def feature_channels(backbone, names: List[str], key: str) -> int:
+    """The channel count shared by the backbone features `names` (config key `key`)."""
+    per_feature = backbone.out_channels
+    channels = {per_feature if isinstance(per_feature, int) else per_feature[n] for n in names}
+    if len(channels) != 1:
+        raise ValueError(f"{key} {names}: the features differ in width ({sorted(channels)})")
+    return channels.pop()
 
 
 def _check_supported(cfg):
     m = cfg.MODEL
     unsupported = {
         "MODEL.META_ARCHITECTURE": (m.META_ARCHITECTURE, "GeneralizedRCNN"),
-        "MODEL.BACKBONE.NAME": (m.BACKBONE.NAME, "build_resnet_fpn_backbone"),
         "MODEL.PROPOSAL_GENERATOR.NAME": (m.PROPOSAL_GENERATOR.NAME, "RPN"),
         "MODEL.KEYPOINT_ON": (m.KEYPOINT_ON, False),
         "MODEL.LOAD_PROPOSALS": (m.LOAD_PROPOSALS, False),
@@ -45,6 +65,9 @@ def _check_supported(cfg):
     for key, (value, supported) in unsupported.items():
         if value != supported:
             raise NotImplementedError(f"{key} = {value!r}: only {supported!r} is implemented")
+    if m.BACKBONE.NAME not in BACKBONES:
+        raise NotImplementedError(f"MODEL.BACKBONE.NAME = {m.BACKBONE.NAME!r}: implemented are "
+                                  + ", ".join(map(repr, BACKBONES)))
     if m.ROI_HEADS.NAME not in ROI_HEADS:
         raise NotImplementedError(f"MODEL.ROI_HEADS.NAME = {m.ROI_HEADS.NAME!r}: implemented are "
                                   + ", ".join(map(repr, ROI_HEADS)))
@@ -85,14 +108,24 @@ class GeneralizedRCNN(tf.Module):
         self.test_dtype = _compute_dtype(cfg.TEST.BF16_INFERENCE, "bfloat16")
 
         self.winograd = use_winograd(cfg)
-        self.backbone = build_resnet_fpn_backbone(cfg, winograd=self.winograd)
+        self.backbone = BACKBONES[cfg.MODEL.BACKBONE.NAME](cfg, winograd=self.winograd)
         self.rpn_in_features: List[str] = list(cfg.MODEL.RPN.IN_FEATURES)
         self.roi_in_features: List[str] = list(cfg.MODEL.ROI_HEADS.IN_FEATURES)
-        channels, strides = self.backbone.out_channels, self.backbone.strides
-        self.proposal_generator = RPN(cfg, channels, [strides[f] for f in self.rpn_in_features],
-                                      winograd=self.winograd)
+        strides = self.backbone.strides
+        for key, names in (("MODEL.RPN.IN_FEATURES", self.rpn_in_features),
+                           ("MODEL.ROI_HEADS.IN_FEATURES", self.roi_in_features)):
+            unknown = [n for n in names if n not in strides]
+            if unknown:
+                raise ValueError(f"{key} {names}: {unknown} not among the backbone's outputs "
+                                 f"{sorted(strides)} (MODEL.BACKBONE.NAME "
+                                 f"{cfg.MODEL.BACKBONE.NAME!r})")
+        self.proposal_generator = RPN(
+            cfg, feature_channels(self.backbone, self.rpn_in_features, "MODEL.RPN.IN_FEATURES"),
+            [strides[f] for f in self.rpn_in_features], winograd=self.winograd)
         self.roi_heads = ROI_HEADS[cfg.MODEL.ROI_HEADS.NAME](
-            cfg, channels, [strides[f] for f in self.roi_in_features], winograd=self.winograd)
+            cfg, feature_channels(self.backbone, self.roi_in_features,
+                                  "MODEL.ROI_HEADS.IN_FEATURES"),
+            [strides[f] for f in self.roi_in_features], winograd=self.winograd)
 
     # ------------------------------------------------------------------ data flow
     def normalize(self, images, image_sizes, dtype=tf.float32):

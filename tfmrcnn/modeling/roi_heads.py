@@ -121,11 +121,60 @@ class ROIHeads(tf.Module):
                                 self.positive_fraction, self.num_classes, seed=self.seed)
 
 
-def _flatten_rois(boxes):
+def flatten_rois(boxes):
     """(B, R, 4) -> boxes (B*R, 4) and the image index of each (B*R,) int32."""
     b, r = tf.shape(boxes)[0], tf.shape(boxes)[1]
     indices = tf.repeat(tf.range(b, dtype=tf.int32), r)
     return tf.reshape(boxes, [-1, 4]), indices
+
+
+def pool_rois(pooler, features_list, boxes, indices):
+    """ROIAlign in float32 (its kernels are float32-only, as torchvision's autocast pools),
+    the pooled (R, h, w, C) cast back to the features' dtype: under mixed precision the
+    heads then run in bfloat16 / float16."""
+    x = pooler([tf.cast(f, tf.float32) for f in features_list], boxes, indices)
+    return tf.cast(x, features_list[0].dtype)
+
+
+def foreground_rows(samples: ROISamples, max_foreground: int):
+    """The foreground sample slots of all images as rows (N', 2) int32 (image, slot) and
+    weights (N',) float32: N' = max(N, 1) for N foreground rows (a dynamic count, as in
+    detectron2); the extra row when N == 0 is slot (0, 0) with weight 0, because an empty
+    batch would reach the mask head's convs, whose CPU kernels return a wrong spatial shape
+    for 0 rows. Every foreground ROI sits in the first `max_foreground` slots."""
+    fg = samples.foreground[:, :max_foreground]  # (B, F) bool
+    n = tf.reduce_sum(tf.cast(fg, tf.int32))
+    rows = tf.concat([tf.cast(tf.where(fg), tf.int32), tf.zeros([1, 2], tf.int32)], 0)
+    rows = rows[:tf.maximum(n, 1)]  # (N', 2) (image, slot)
+    weights = tf.cast(tf.range(tf.shape(rows)[0]) < n, tf.float32)  # (N',)
+    return rows, weights
+
+
+def foreground_mask_loss(mask_logits, samples: ROISamples, rows, weights, gt_masks,
+                         mask_size: int):
+    """detectron2's mask loss of the `foreground_rows` (rows, weights) given their mask logits
+    (N', M, M, K'): targets cropped from the matched instance's mask gt_masks (B, G, Hp, Wp)
+    at the sample box, BCE on the GT class's channel."""
+    image = rows[:, 0]
+    boxes = tf.gather_nd(samples.boxes, rows)  # (N', 4)
+    classes = tf.gather_nd(samples.classes, rows)  # (N',)
+    # targets: the B images' G masks as one stack of B*G, indexed per row
+    shape = tf.shape(gt_masks)  # (B, G, Hp, Wp)
+    stack_index = image * shape[1] + tf.gather_nd(samples.gt_indices, rows)  # (N',)
+    stack = tf.reshape(gt_masks, tf.stack([1, shape[0] * shape[1], shape[2], shape[3]]))
+    targets = mask_rcnn_targets(stack, boxes[None], stack_index[None], mask_size)[0]
+    return mask_rcnn_loss(mask_logits, classes, targets, weights)  # targets: (N', M, M)
+
+
+def add_detection_masks(out, mask_logits, mask_size: int):
+    """Adds masks (B, D, M, M) to the detections `out` from the mask logits (B*D, M, M, K') of
+    their boxes: probabilities of the predicted class, padding rows zero."""
+    probs = mask_rcnn_inference(mask_logits, tf.reshape(out["classes"], [-1]))
+    b, d = tf.shape(out["boxes"])[0], tf.shape(out["boxes"])[1]
+    probs = tf.reshape(probs, tf.stack([b, d, mask_size, mask_size]))
+    real = tf.range(d)[None, :] < out["num_detections"][:, None]  # (B, D)
+    out["masks"] = tf.where(real[:, :, None, None], probs, 0.0)
+    return out
 
 
 class StandardROIHeads(ROIHeads):
@@ -161,15 +210,11 @@ class StandardROIHeads(ROIHeads):
 
     @staticmethod
     def _pool(pooler, features_list, boxes, indices):
-        """ROIAlign in float32 (its kernels are float32-only, as torchvision's autocast pools),
-        the pooled (R, h, w, C) cast back to the features' dtype: under mixed precision the
-        heads then run in bfloat16 / float16."""
-        x = pooler([tf.cast(f, tf.float32) for f in features_list], boxes, indices)
-        return tf.cast(x, features_list[0].dtype)
+        return pool_rois(pooler, features_list, boxes, indices)
 
     def _box_outputs(self, features_list, boxes, training: bool, stage: int = 0):
         """boxes (B, R, 4) -> float32 class logits (B, R, K+1), deltas (B, R, 4K')."""
-        flat, indices = _flatten_rois(boxes)
+        flat, indices = flatten_rois(boxes)
         x = self._pool(self.box_pooler, features_list, flat, indices)  # (B*R, 7, 7, C)
         logits, deltas = self._box_predictions(x, training, stage)
         b, r = tf.shape(boxes)[0], tf.shape(boxes)[1]
@@ -184,7 +229,7 @@ class StandardROIHeads(ROIHeads):
 
     def _mask_logits(self, features_list, boxes, training: bool):
         """boxes (B, R, 4) -> mask logits (B*R, 28, 28, K') in the features' dtype."""
-        flat, indices = _flatten_rois(boxes)
+        flat, indices = flatten_rois(boxes)
         x = self._pool(self.mask_pooler, features_list, flat, indices)  # (B*R, 14, 14, C)
         return self.mask_head(x, training=training)
 
@@ -220,26 +265,11 @@ class StandardROIHeads(ROIHeads):
         """Mask loss on the foreground ROIs of all images, gathered into N = #foreground rows
         (a dynamic count, as in detectron2): background and padding slots never reach the mask
         head. Without foreground the loss is 0."""
-        f = self.max_foreground  # every foreground ROI sits in the first F slots
-        fg = samples.foreground[:, :f]  # (B, F) bool
-        n = tf.reduce_sum(tf.cast(fg, tf.int32))
-        # at least one row (slot (0, 0), weight 0): an empty batch would reach the convs, whose
-        # CPU kernels return a wrong spatial shape for 0 rows
-        rows = tf.concat([tf.cast(tf.where(fg), tf.int32), tf.zeros([1, 2], tf.int32)], 0)
-        rows = rows[:tf.maximum(n, 1)]  # (N', 2) (image, slot)
-        weights = tf.cast(tf.range(tf.shape(rows)[0]) < n, tf.float32)  # (N',)
-        image = rows[:, 0]
+        rows, weights = foreground_rows(samples, self.max_foreground)  # (N', 2), (N',)
         boxes = tf.gather_nd(samples.boxes, rows)  # (N', 4)
-        classes = tf.gather_nd(samples.classes, rows)  # (N',)
-        x = self._pool(self.mask_pooler, features_list, boxes, image)  # (N', 14, 14, C)
+        x = self._pool(self.mask_pooler, features_list, boxes, rows[:, 0])  # (N', 14, 14, C)
         logits = self.mask_head(x, training=training)  # (N', M, M, K')
-        # targets: the B images' G masks as one stack of B*G, indexed per row
-        shape = tf.shape(gt_masks)  # (B, G, Hp, Wp)
-        stack_index = image * shape[1] + tf.gather_nd(samples.gt_indices, rows)  # (N',)
-        stack = tf.reshape(gt_masks, tf.stack([1, shape[0] * shape[1], shape[2], shape[3]]))
-        targets = mask_rcnn_targets(stack, boxes[None], stack_index[None],
-                                    self.mask_size)[0]  # (N', M, M)
-        return mask_rcnn_loss(logits, classes, targets, weights)
+        return foreground_mask_loss(logits, samples, rows, weights, gt_masks, self.mask_size)
 
     @tf.autograph.experimental.do_not_convert
     def inference(self, features_list, proposals, proposal_valid, image_sizes):
@@ -253,11 +283,6 @@ class StandardROIHeads(ROIHeads):
         """detectron2's forward_with_given_boxes: adds masks (B, D, 28, 28) to the detections
         `out` (with MASK_ON; probabilities of the predicted class, padding rows zero)."""
         if self.mask_on:
-            boxes = out["boxes"]  # (B, D, 4)
-            mask_logits = self._mask_logits(features_list, boxes, training=False)
-            probs = mask_rcnn_inference(mask_logits, tf.reshape(out["classes"], [-1]))
-            b, d = tf.shape(boxes)[0], tf.shape(boxes)[1]
-            probs = tf.reshape(probs, tf.stack([b, d, self.mask_size, self.mask_size]))
-            real = tf.range(d)[None, :] < out["num_detections"][:, None]  # (B, D)
-            out["masks"] = tf.where(real[:, :, None, None], probs, 0.0)
+            mask_logits = self._mask_logits(features_list, out["boxes"], training=False)
+            out = add_detection_masks(out, mask_logits, self.mask_size)
         return out
