@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from tfmrcnn.modeling.sampling import sample_proposals, subsample_labels
+from tfmrcnn.modeling.sampling import sample_proposals, subsample_labels, training_draws
 
 
 # ---------------------------------------------------------------- subsample_labels
@@ -55,6 +55,31 @@ def test_sampler_fewer_candidates_than_samples():
     pos, neg = subsample_labels(labels, 256, 0.5, 0)
     np.testing.assert_array_equal(pos.numpy(), [[True, False, False, False]])
     np.testing.assert_array_equal(neg.numpy(), [[False, True, False, True]])
+
+
+def _step_draw(labels, seed, rank, iteration):
+    with training_draws(seed, rank, iteration):
+        return subsample_labels(labels, 64, 0.25, 0)[0].numpy()
+
+
+def _step_draw_in_graph(labels, iteration):
+    with training_draws(42, 0, iteration):
+        return subsample_labels(labels, 64, 0.25, 0)[0]
+
+
+def test_training_draws_depend_on_seed_rank_and_iteration_only():
+    """Issue 20: a resumed run restarted the sampler's random state, so it was not bit-identical
+    to an uninterrupted one; a step's draws now follow from (seed, rank, iteration) alone."""
+    labels = _random_labels(np.random.default_rng(5), (2, 500), [0.1, 0.6, 0.3])
+    first = _step_draw(labels, 42, 0, 7)
+    tf.random.uniform([1000])                                  # other draws in between
+    with training_draws(42, 0, 3):
+        subsample_labels(labels, 64, 0.25, 0)                  # an earlier step's draws
+    np.testing.assert_array_equal(_step_draw(labels, 42, 0, 7), first)
+    traced = tf.function(lambda it: _step_draw_in_graph(labels, it))
+    np.testing.assert_array_equal(traced(tf.constant(7, tf.int64)).numpy(), first)
+    for other in [(43, 0, 7), (42, 1, 7), (42, 0, 8)]:
+        assert (_step_draw(labels, *other) != first).any(), other
 
 
 # ---------------------------------------------------------------- fixed-slot ROI samples

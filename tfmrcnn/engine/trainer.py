@@ -46,6 +46,7 @@ from tfmrcnn.distributed import Watchdog
 from tfmrcnn.engine.logger import MetricHistory, TensorBoardWriter, format_log_line
 from tfmrcnn.engine.solver import (DynamicLossScale, WarmupMultiStepLR, build_optimizer,
                                    clip_gradients)
+from tfmrcnn.modeling.sampling import training_draws
 
 __all__ = ["Trainer", "LossHealth", "make_train_step"]
 
@@ -90,15 +91,16 @@ class LossHealth:
 
 def make_train_step(model, optimizer, schedule: WarmupMultiStepLR, cfg, hvd,
                     iteration: tf.Variable, element_spec: Dict[str, tf.TensorSpec],
-                    loss_scale: Optional[DynamicLossScale] = None) -> Callable:
+                    loss_scale: Optional[DynamicLossScale] = None, seed: int = 0) -> Callable:
     """The compiled step: batch -> (losses and metrics averaged over ranks, lr, applied, loss
-    finite)."""
+    finite). ``seed``: with the rank and the iteration, the key of the step's random sampling
+    (`tfmrcnn.modeling.sampling.training_draws`: a resumed run draws as an uninterrupted one)."""
     variables = optimizer.variables_
     compression = hvd.Compression.fp16 if cfg.TRAINER.FP16_ALLREDUCE else hvd.Compression.none
 
     @tf.function(input_signature=[element_spec])
     def train_step(batch):
-        with tf.GradientTape() as tape:
+        with tf.GradientTape() as tape, training_draws(seed, hvd.rank(), iteration):
             losses, metrics = model.compute_losses(batch, training=True, return_metrics=True)
             total = tf.add_n([tf.cast(v, tf.float32) for v in losses.values()])
             scaled = total * loss_scale.scale if loss_scale is not None else total
@@ -286,7 +288,7 @@ class Trainer:
         spec = dict(dataset.element_spec)
         spec.pop("data_position", None)
         step = make_train_step(self.model, self.optimizer, self.schedule, cfg, self.hvd,
-                               self.iteration, spec, self.loss_scale)
+                               self.iteration, spec, self.loss_scale, seed=self.seed)
         data = iter(dataset)
         images_per_iter = int(cfg.SOLVER.IMS_PER_BATCH)
         log_period = max(int(cfg.TRAINER.LOG_PERIOD), 1)

@@ -10,8 +10,10 @@ Entry points are ``do_not_convert`` (no Python decisions on tensor values; see b
 """
 from __future__ import annotations
 
+import contextlib
 from typing import NamedTuple, Optional, Tuple
 
+import numpy as np
 import tensorflow as tf
 
 
@@ -24,7 +26,8 @@ def subsample_labels(labels, num_samples: int, positive_fraction: float, bg_labe
     ``num_pos = min(#pos, int(num_samples * positive_fraction))`` and
     ``num_neg = min(#neg, num_samples - num_pos)``, each chosen uniformly at random (the
     top-k of random keys). A given ``seed`` makes it deterministic (stateless RNG): every call
-    then draws the same keys, which suits tests, not training (leave it None there).
+    then draws the same keys, which suits tests, not training (leave it None there). Without
+    it the keys are those of the training step inside `training_draws`, else random.
     Returns (pos_mask, neg_mask), bool, same shape as labels, disjoint.
     """
     labels = tf.convert_to_tensor(labels)
@@ -38,14 +41,44 @@ def subsample_labels(labels, num_samples: int, positive_fraction: float, bg_labe
     num_pos = tf.minimum(_count(positive), max_pos)  # (R,)
     num_neg = tf.minimum(_count(negative), num_samples - num_pos)
 
-    if seed is None:
-        keys = tf.random.uniform(tf.shape(flat))
-    else:
+    if seed is not None:
         keys = tf.random.stateless_uniform(tf.shape(flat), seed=[int(seed), 0])
+    elif _ACTIVE:
+        keys = _ACTIVE[-1].uniform(tf.shape(flat))
+    else:
+        keys = tf.random.uniform(tf.shape(flat))
     k = tf.minimum(num_samples, n)
     pos_mask = _take_random(positive, num_pos, keys, k)
     neg_mask = _take_random(negative, num_neg, keys, k)
     return tf.reshape(pos_mask, shape), tf.reshape(neg_mask, shape)
+
+
+# ----------------------------------------------------------------------------- training draws
+# Inside `training_draws` (the trainer's step) the keys come from one tf.random.Generator
+# re-keyed for that step: key from (seed, rank), counter from the iteration. A step's draws are
+# then a function of (seed, rank, iteration) alone, not of what this process drew before, so a
+# run resumed from a checkpoint (which holds the seed and the iteration) samples exactly as the
+# uninterrupted run, and each rank draws its own keys. Elsewhere ``tf.random.uniform`` is used.
+_GENERATOR = []     # created once, outside any graph
+_ACTIVE = []        # the generator while a `training_draws` block is traced or run
+
+
+@contextlib.contextmanager
+def training_draws(seed: int, rank: int, iteration):
+    """Make the unseeded draws of the block those of training step ``iteration`` (an int or a
+    scalar tensor) of rank ``rank``. Philox key: a hash of (seed, rank); 128-bit counter:
+    (0, iteration), so the up to 2**64 draws of one step never reach the next step's."""
+    if not _GENERATOR:
+        with tf.init_scope():
+            _GENERATOR.append(tf.random.Generator.from_seed(0))  # always re-keyed before use
+    key = int(np.random.SeedSequence([int(seed), int(rank)]).generate_state(1, np.uint64)[0] >> 1)
+    counter = tf.stack([tf.constant(0, tf.int64), tf.cast(iteration, tf.int64)])
+    _GENERATOR[0].reset_from_key_counter(key, counter)
+    _ACTIVE.append(_GENERATOR[0])
+    try:
+        yield
+    finally:
+        _ACTIVE.pop()
 
 
 def _count(mask):
