@@ -220,6 +220,27 @@ def test_full_c4_model_variables_are_detectron2s(repo_root):
     assert model.proposal_generator.anchor_generator.num_anchors == [15]
 
 
+def test_imagenet_backbone_initialises_backbone_and_res5_head(repo_root, tmp_path):
+    """MODEL.WEIGHTS = an ImageNet ResNet (converted as backbone.bottom_up.*): stem..res4 go
+    to backbone.*, res5 to roi_heads.res5.* (detectron2's matching heuristics)."""
+    from tfmrcnn.checkpoint.checkpointer import Checkpointer
+    from tfmrcnn.checkpoint.weights_io import save_weights
+
+    cfg = golden_cfg(repo_root, True)
+    model = GeneralizedRCNN(cfg)
+    rng = np.random.default_rng(0)
+    imagenet = {k: to_tf(rng.normal(0, 1, spec.shape).astype(np.float32), spec)
+                for k, spec in expected_d2_tensors(cfg, backbone_only=True).items()}
+    assert all(k.startswith("backbone.bottom_up.") for k in imagenet)
+    path = save_weights(str(tmp_path / "r50.npz"), imagenet)
+    Checkpointer(str(tmp_path), model, {}).load_initial_weights(path)
+    ours = model.named_variables()
+    for key, value in imagenet.items():
+        rest = key[len("backbone.bottom_up."):]
+        target = f"roi_heads.{rest}" if rest.startswith("res5.") else f"backbone.{rest}"
+        np.testing.assert_array_equal(ours[target].numpy(), value, err_msg=key)
+
+
 def test_c4_layout_errors_name_the_key(golden_file):
     dump = yaml.safe_load(str(golden_file["zoo/COCO-InstanceSegmentation/"
                                           "mask_rcnn_R_50_C4_1x.yaml/dump"]))

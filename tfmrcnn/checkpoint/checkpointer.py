@@ -35,6 +35,7 @@ import tensorflow as tf
 from tfmrcnn.checkpoint.model_dir import WEIGHTS_FILENAME
 from tfmrcnn.checkpoint.weights_io import (WeightsError, load_weights, non_finite_keys, read_npz,
                                            read_weights, save_weights, write_npz)
+from tfmrcnn.converter.d2_names import place_backbone_weights
 from tfmrcnn.converter.zoo import resolve_weights
 from tfmrcnn.modeling.layers import named_variables
 from tfmrcnn.utils.file_io import atomic_write
@@ -175,9 +176,11 @@ class Checkpointer:
         """MODEL.WEIGHTS: a weights .npz, a detectron2 / Caffe2 checkpoint (.pkl, .pth) or a
         detectron2:// name (downloaded and converted into the cache once: `resolve_weights`).
         Shape mismatches (another class count) are skipped and reported by name, variables
-        absent from the file keep their initialisation."""
+        absent from the file keep their initialisation. An ImageNet backbone goes where the
+        model has its ResNet (`place_backbone_weights`: C4 / DC5 models)."""
         path = resolve_weights(path, log=logger.info)
-        report = load_weights(self.model, path, skip_mismatch=True, allow_missing=True)
+        report = load_weights(self.model, path, skip_mismatch=True, allow_missing=True,
+                              rename=place_backbone_weights)
         logger.info("Initial weights from %s: %s", path, report.summary())
         for key, (got, want) in report.skipped_shape.items():
             logger.warning("Not loaded (shape %s in the file, %s in the model): %s", got, want, key)

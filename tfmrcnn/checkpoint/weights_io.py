@@ -140,19 +140,24 @@ def _list(title: str, keys: List[str], limit: int = 30) -> str:
 
 
 def load_weights(model, path: str, skip_mismatch: bool = False,
-                 allow_missing: bool = False) -> LoadReport:
+                 allow_missing: bool = False, rename=None) -> LoadReport:
     """Assign the arrays of a weights file to `named_variables(model)`; returns a `LoadReport`.
 
     Every key must match a variable and every shape must agree, otherwise `WeightsError` lists
     all offending keys and nothing is assigned. `skip_mismatch=True` skips keys whose shape
     differs (e.g. box predictor with another class count) and reports them; `allow_missing=True`
     keeps the initial value of variables absent from the file (e.g. an ImageNet backbone file
-    loaded into the full detector). Unexpected keys are always an error.
+    loaded into the full detector). Unexpected keys are always an error. `rename(file keys,
+    model keys)` -> {file key: model key} renames keys first (an ImageNet backbone placed in a
+    C4 model: `d2_names.place_backbone_weights`).
     """
     from tfmrcnn.modeling.layers import named_variables
 
     arrays, meta = read_weights(path)
     variables = named_variables(model)
+    if rename is not None:
+        moves = rename(list(arrays), list(variables))
+        arrays = {moves.get(k, k): v for k, v in arrays.items()}
     report = LoadReport(meta=meta)
     report.missing = sorted(k for k in variables if k not in arrays)
     report.unexpected = sorted(k for k in arrays if k not in variables)

@@ -17,8 +17,8 @@ from typing import Dict, List, Optional, Tuple
 
 __all__ = [
     "TensorSpec", "expected_d2_tensors", "expected_d2_state_dict_shapes", "norm_suffixes",
-    "resnet_num_blocks", "box_head_prefixes", "backbone_prefix", "BOTTOM_UP", "FPN_STAGES",
-    "RES5_HEAD",
+    "resnet_num_blocks", "box_head_prefixes", "backbone_prefix", "place_backbone_weights",
+    "BOTTOM_UP", "FPN_STAGES", "RES5_HEAD",
 ]
 
 BOTTOM_UP = "backbone.bottom_up"
@@ -91,6 +91,25 @@ class _Builder:
 def backbone_prefix(cfg) -> str:
     """Where detectron2 keeps the ResNet: ``backbone.bottom_up`` in an FPN, else ``backbone``."""
     return BOTTOM_UP if cfg.MODEL.BACKBONE.NAME == "build_resnet_fpn_backbone" else "backbone"
+
+
+def place_backbone_weights(file_keys, model_keys) -> Dict[str, str]:
+    """Where an ImageNet backbone file's tensors (``backbone.bottom_up.*``, as the converter
+    names every backbone-only checkpoint) go in a model whose ResNet is not inside an FPN, as
+    detectron2's matching heuristics place them: ``backbone.bottom_up.X`` -> ``backbone.X`` (C4,
+    DC5), and a C4 model's res5 -> ``roi_heads.res5.*``. Returns {file key: model key} for the
+    keys that move; every other key keeps its name."""
+    model_keys = set(model_keys)
+    moves = {}
+    for key in file_keys:
+        if key in model_keys or not key.startswith(BOTTOM_UP + "."):
+            continue
+        rest = key[len(BOTTOM_UP) + 1:]
+        for target in (f"backbone.{rest}", f"roi_heads.{rest}"):
+            if target in model_keys:
+                moves[key] = target
+                break
+    return moves
 
 
 def _last_stage(cfg) -> int:
