@@ -38,15 +38,12 @@ def conv_norm(prefix: str, cin: int, cout: int, k: int, stride: int = 1, norm: s
               frozen: bool = False, groups: int = 1, dilation: int = 1, relu: bool = False,
               winograd: bool = False):
     """A detectron2 `Conv2d(bias=not norm, norm=get_norm(norm))` named `prefix`, msra init
-    (`winograd`: see `layers.Conv2D`).
-
-    Grouped convolutions hold an HWIO weight (k, k, cin / groups, cout); tf.nn.conv2d groups
-    them because the input has `groups` times the weight's input channels.
+    (`winograd`, `groups`: see `layers.Conv2D`; a grouped weight is (k, k, cin / groups, cout)).
     """
-    return _Conv(prefix, cin // groups, cout, k, stride=stride, use_bias=not norm,
+    return _Conv(prefix, cin, cout, k, stride=stride, use_bias=not norm,
                  norm=get_norm(norm, cout, f"{prefix}.norm", frozen=frozen),
                  activation=tf.nn.relu if relu else None, init="msra", dilation=dilation,
-                 trainable=not frozen, winograd=winograd)
+                 trainable=not frozen, winograd=winograd, groups=groups)
 
 
 def max_pool_3x3_s2_p1(x):
