@@ -221,7 +221,9 @@ _C.TRAINER.AMP_DTYPE = "float16"  # mixed-precision compute dtype: "float16" or 
 _C.TRAINER.FP16_ALLREDUCE = False  # compress gradients to float16 for the Horovod allreduce
 _C.TRAINER.MAX_GT_INSTANCES = 100  # gt instances per image are padded/truncated to this
 _C.TRAINER.TENSORBOARD = True  # write TensorBoard summaries under OUTPUT_DIR
-_C.TRAINER.VIS_PERIOD = 0  # draw training proposals/gt every this many iterations; 0 = never
+# TensorBoard pictures of training images (ground truth | predictions) every this many
+# iterations; 0 = never
+_C.TRAINER.VIS_PERIOD = 1000
 
 
 # sealed (no new keys) and frozen: every tree is a copy of this one

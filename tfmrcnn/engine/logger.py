@@ -1,13 +1,17 @@
-"""Training logs: Python logging set-up, smoothed metrics, the periodic line, TensorBoard.
+"""Training logs: Python logging set-up, smoothed metrics, the periodic line, metrics.json,
+TensorBoard, the config summary.
 
 Like detectron2: rank 0 logs to stdout and ``OUTPUT_DIR/log.txt``, other ranks only to
 ``log.txt.rank{r}``; losses are printed as medians over the last ``window`` iterations; times
-(iteration, data) too; the ETA uses the median iteration time.
+(iteration, data) too; the ETA uses the median iteration time. Every logged iteration is also
+one JSON line of ``OUTPUT_DIR/metrics.json`` (`MetricsJSONWriter`) and TensorBoard scalars at
+step = that iteration (the ``iter`` of the log line: 0-based, so the first line is iteration 0).
 """
 from __future__ import annotations
 
 import collections
 import datetime
+import json
 import logging
 import os
 import sys
@@ -15,9 +19,20 @@ from typing import Dict, Optional
 
 import numpy as np
 
-__all__ = ["setup_logger", "MetricHistory", "format_log_line", "TensorBoardWriter"]
+__all__ = ["quiet_tensorflow", "setup_logger", "MetricHistory", "format_log_line",
+           "MetricsJSONWriter", "TensorBoardWriter", "config_summary"]
 
 _FORMAT = "[%(asctime)s %(name)s %(levelname)s] %(message)s"
+
+
+def quiet_tensorflow(verbose: bool = False) -> None:
+    """Unless ``verbose``: TensorFlow's C++ start-up messages (CPU features, absl, oneDNN) off
+    (``TF_CPP_MIN_LOG_LEVEL=2`` where the user set no level; call before TensorFlow is imported;
+    inherited by re-exec'd processes) and its Python logger at ERROR."""
+    if verbose:
+        return
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    logging.getLogger("tensorflow").setLevel(logging.ERROR)
 
 
 def setup_logger(output_dir: Optional[str], rank: int = 0, name: str = "tfmrcnn") -> logging.Logger:
@@ -90,6 +105,33 @@ def format_log_line(iteration: int, max_iter: int, history: MetricHistory, lr: f
     return "  ".join(parts)
 
 
+class MetricsJSONWriter:
+    """``OUTPUT_DIR/metrics.json`` as detectron2's JSONWriter writes it: one JSON object per
+    line, ``{"iteration": i, name: value, ...}`` with sorted keys (losses, time and data_time
+    as window medians, lr, eta_seconds; evaluation results as ``"<task>/<metric>"``). Appended
+    to, so a resumed run continues the file. Rank 0 only (disabled: a no-op)."""
+
+    FILENAME = "metrics.json"
+
+    def __init__(self, output_dir: Optional[str], enabled: bool = True):
+        self._file = None
+        if enabled and output_dir:
+            os.makedirs(output_dir, exist_ok=True)
+            self._file = open(os.path.join(output_dir, self.FILENAME), "a", encoding="utf-8")
+
+    def write(self, iteration: int, values: Dict[str, float]) -> None:
+        if self._file is None:
+            return
+        line = dict({k: float(v) for k, v in values.items()}, iteration=int(iteration))
+        self._file.write(json.dumps(line, sort_keys=True) + "\n")
+        self._file.flush()
+
+    def close(self) -> None:
+        if self._file is not None:
+            self._file.close()
+            self._file = None
+
+
 class TensorBoardWriter:
     """TensorBoard scalars and images under ``log_dir`` (rank 0 only; a no-op elsewhere).
 
@@ -137,3 +179,23 @@ class TensorBoardWriter:
     def flush(self) -> None:
         if self.writer is not None:
             self.writer.flush()
+
+
+def config_summary(cfg) -> str:
+    """A few lines on the run (model, data sets, schedule, output) for the log; the full config
+    goes to OUTPUT_DIR/config.yaml."""
+    m, r, s = cfg.MODEL, cfg.MODEL.RESNETS, cfg.SOLVER
+    groups = f" {r.NUM_GROUPS}x{r.WIDTH_PER_GROUP}d" if r.NUM_GROUPS > 1 else ""
+    heads = "mask" if m.MASK_ON else "box"
+    return "\n".join([
+        f"model: {m.META_ARCHITECTURE}, R-{r.DEPTH}{groups} ({r.NORM or 'no norm'}) "
+        f"{m.BACKBONE.NAME}, {m.ROI_HEADS.NAME}, {m.ROI_HEADS.NUM_CLASSES} classes, {heads} "
+        f"heads; weights: {m.WEIGHTS or 'none (from scratch)'}",
+        f"data: train {', '.join(cfg.DATASETS.TRAIN)} (short side {tuple(cfg.INPUT.MIN_SIZE_TRAIN)},"
+        f" max {cfg.INPUT.MAX_SIZE_TRAIN}); test {', '.join(cfg.DATASETS.TEST) or 'none'}",
+        f"schedule: {s.MAX_ITER} iterations x {s.IMS_PER_BATCH} images, lr {s.BASE_LR:g} "
+        f"(warm-up {s.WARMUP_ITERS}, x{s.GAMMA:g} at {tuple(s.STEPS)}), checkpoint every "
+        f"{s.CHECKPOINT_PERIOD}, evaluation "
+        + (f"every {cfg.TEST.EVAL_PERIOD}" if cfg.TEST.EVAL_PERIOD > 0 else "at the end"),
+        f"output: {cfg.OUTPUT_DIR} (full config: {os.path.join(cfg.OUTPUT_DIR, 'config.yaml')})",
+    ])

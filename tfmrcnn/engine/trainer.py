@@ -13,8 +13,9 @@ One process per device. Each iteration (detectron2 SimpleTrainer + hooks):
 3. a non-finite loss stops training (``FloatingPointError`` naming the iteration, the last
    good checkpoint and how to resume from it with a lower LR); with float16 loss scaling a
    non-finite gradient only lowers the scale;
-4. hooks: log line + TensorBoard every LOG_PERIOD, checkpoint every CHECKPOINT_PERIOD and at the
-   end, evaluation every TEST.EVAL_PERIOD, training images with predictions every VIS_PERIOD.
+4. hooks: log line + metrics.json + TensorBoard every LOG_PERIOD (at the 0-based iteration of
+   the log line, as detectron2), checkpoint every CHECKPOINT_PERIOD and at the end, evaluation
+   every TEST.EVAL_PERIOD, training images (ground truth | predictions) every VIS_PERIOD.
 
 Only healthy states become checkpoints (`LossHealth` has the criterion). The weights after
 iteration i are judged by the loss they give at iteration i + 1, so a periodic checkpoint is
@@ -43,7 +44,8 @@ import tensorflow as tf
 
 from tfmrcnn.checkpoint.checkpointer import Checkpointer, checkpoint_name
 from tfmrcnn.distributed import Watchdog
-from tfmrcnn.engine.logger import MetricHistory, TensorBoardWriter, format_log_line
+from tfmrcnn.engine.logger import (MetricHistory, MetricsJSONWriter, TensorBoardWriter,
+                                   format_log_line)
 from tfmrcnn.engine.solver import (DynamicLossScale, WarmupMultiStepLR, build_optimizer,
                                    clip_gradients)
 from tfmrcnn.modeling.sampling import training_draws
@@ -166,6 +168,7 @@ class Trainer:
         self.seed = int(cfg.SEED)
         self.watchdog = watchdog or Watchdog(0.0, self.rank)
         self.tb = TensorBoardWriter(cfg.OUTPUT_DIR, cfg.TRAINER.TENSORBOARD and self.rank == 0)
+        self.metrics_json = MetricsJSONWriter(cfg.OUTPUT_DIR, self.rank == 0)
         self.history = MetricHistory(window=20)
         self.health = LossHealth()
         # (iterations done, rank 0's CheckpointSnapshot or None) waiting for the next iteration
@@ -338,13 +341,16 @@ class Trainer:
                                    or it == self.start_iter):
                 logger.info(format_log_line(it, self.max_iter, self.history, lr, images_per_iter))
                 scalars = {k: self.history.median(k) for k in (*losses, *metrics)}
-                scalars.update(lr=lr, data_time=self.history.median("data_time"),
-                               images_per_s=images_per_iter / max(self.history.median("time"), 1e-9))
+                step_time = self.history.median("time")
+                scalars.update(lr=lr, time=step_time, data_time=self.history.median("data_time"),
+                               images_per_s=images_per_iter / max(step_time, 1e-9))
                 if self.loss_scale is not None:
                     scalars["loss_scale"] = float(self.loss_scale.scale.numpy())
-                self.tb.scalars(done, scalars)
+                self.tb.scalars(it, scalars)
+                self.metrics_json.write(it, dict(scalars, eta_seconds=step_time * (
+                    self.max_iter - done)))
             if vis_period > 0 and done % vis_period == 0 and self.rank == 0 and self.vis_fn:
-                self._visualise(batch, done)
+                self._visualise(batch, it)
             if ckpt_period > 0 and done % ckpt_period == 0 and done < self.max_iter:
                 self.save()
             if eval_period > 0 and done % eval_period == 0 and done < self.max_iter:
@@ -366,11 +372,13 @@ class Trainer:
         except Exception as e:  # noqa: BLE001 - a picture must never stop training
             logger.warning("Visualisation at iteration %d failed: %s", step, e)
 
-    def evaluate(self, step: int):
+    def evaluate(self, done: int):
+        """Evaluate after ``done`` iterations; the results are recorded (TensorBoard,
+        metrics.json) at the last iteration run, ``done - 1``, as detectron2's EvalHook."""
         if self.eval_fn is None:
             return None
         with self.watchdog.pause():
-            metrics = self.eval_fn(step)
+            metrics = self.eval_fn(done)
         if self.rank == 0 and metrics:
             flat = {}
             for task, values in metrics.items():
@@ -378,6 +386,7 @@ class Trainer:
                     for name, value in values.items():
                         if isinstance(value, (int, float)) and math.isfinite(value):
                             flat[f"{task}/{name}"] = value
-            self.tb.scalars(step, flat)
+            self.tb.scalars(max(done - 1, 0), flat)
             self.tb.flush()
+            self.metrics_json.write(max(done - 1, 0), flat)
         return metrics

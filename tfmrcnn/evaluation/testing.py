@@ -10,6 +10,7 @@ __all__ = ["make_eval_fn", "print_ap_table"]
 logger = logging.getLogger(__name__)
 
 AP_TABLE_KEYS = ("AP", "AP50", "AP75", "APs", "APm", "APl")
+EVAL_LOG_PERIOD_S = 5.0  # a progress line with ETA this often during evaluation in training
 
 
 def make_eval_fn(cfg, model, rank):
@@ -29,7 +30,8 @@ def make_eval_fn(cfg, model, rank):
         for name in cfg.DATASETS.TEST:
             out = os.path.join(cfg.OUTPUT_DIR, "inference", dataset_tag(name))
             evaluator = COCOEvaluator(name, out, tasks=tasks, verbose=(rank == 0))
-            metrics = inference_on_dataset(model, name, cfg, evaluator, progress=False)
+            metrics = inference_on_dataset(model, name, cfg, evaluator, progress=False,
+                                           log_every_s=EVAL_LOG_PERIOD_S)
             if rank == 0:
                 logger.info("Evaluation on %s at iteration %d: %s", name, iteration,
                             {t: round(metrics[t].get("AP", float("nan")), 3)
