@@ -177,6 +177,12 @@ def _check_layout(effective: Dict[str, Any], source: str) -> str:
         + ", ".join(f"{k} in {accepted[k]!r}" for k in wrong))
 
 
+# INPUT.SIZE_DIVISIBILITY (not a detectron2 key) by BACKBONE.NAME: what detectron2 pads its
+# input batch to, its backbone's size_divisibility: the FPN's is the stride of res5 (32), a plain
+# ResNet's (C4, DC5) is 0, i.e. the batch's largest image unrounded, tfmrcnn's 1. Rounding up to
+# 32 instead would change the features near the bottom/right border.
+_SIZE_DIVISIBILITY = {"build_resnet_fpn_backbone": 32, "build_resnet_backbone": 1}
+
 # required keys whose value (one of the accepted) is copied into our tree, with the layout's
 _SELECTED = ("MODEL.BACKBONE.NAME", "MODEL.ROI_HEADS.NAME", *_LAYOUT_DEFAULTS)
 D2_DEFAULTS = {**_MAPPED_DEFAULTS, **_LAYOUT_DEFAULTS,
@@ -304,6 +310,7 @@ def cfg_from_d2_dict(values: Dict[str, Any], source: str = "<dict>", base_cfg=No
             report.defaulted.append(key)
     for key in _SELECTED:
         mapped[key] = effective[key]
+    mapped["INPUT.SIZE_DIVISIBILITY"] = _SIZE_DIVISIBILITY[effective["MODEL.BACKBONE.NAME"]]
     cfg = (base_cfg.clone() if base_cfg is not None else get_cfg()).defrost()
     try:
         cfg.merge_from_dict(_nest(mapped))
