@@ -38,6 +38,9 @@ def build_parser() -> argparse.ArgumentParser:
                        help="ignore checkpoints in OUTPUT_DIR; start from MODEL.WEIGHTS")
     p.add_argument("--eval-only", action="store_true",
                    help="only evaluate (newest checkpoint of OUTPUT_DIR, else MODEL.WEIGHTS)")
+    p.add_argument("--verbose", action="store_true",
+                   help="also TensorFlow's start-up messages and warnings, and the full config "
+                        "in the log (it is always in OUTPUT_DIR/config.yaml)")
     p.add_argument("--num-vis", type=int, default=8,
                    help="validation images drawn into OUTPUT_DIR/vis at the end (0: none)")
     p.add_argument("opts", nargs="*", metavar="KEY=VALUE",
@@ -60,6 +63,9 @@ def main(argv: Optional[List[str]] = None) -> int:
     from tfmrcnn.utils.launch import reexec_with_allocator
 
     reexec_with_allocator(argv)  # tcmalloc from the process start (utils/launch.py)
+    from tfmrcnn.engine.logger import quiet_tensorflow
+
+    quiet_tensorflow(args.verbose)  # before TensorFlow is imported
     opts = list(args.opts)
     from tfmrcnn.config import ConfigError, load_config
 
@@ -86,8 +92,12 @@ def main(argv: Optional[List[str]] = None) -> int:
     if rank == 0:
         from tfmrcnn.checkpoint.model_dir import write_config
 
-        logger.info("Config:\n%s", cfg.dump())
+        from tfmrcnn.engine.logger import config_summary
+
         write_config(cfg.OUTPUT_DIR, cfg.dump())
+        logger.info("Run:\n%s", config_summary(cfg))
+        if args.verbose:
+            logger.info("Config:\n%s", cfg.dump())
 
     from tfmrcnn.data.validate import checked_evaluation_records, checked_training_records
 

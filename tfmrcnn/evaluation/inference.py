@@ -56,9 +56,10 @@ def _batches(records, batch_size, predictor, executor):
         yield pending.popleft().result()
 
 
-def _progress_line(done, total, elapsed_s) -> str:
-    """'Inference done 11/100 (0.250 s/image), ETA 0:00:22'."""
-    per_image = elapsed_s / max(done, 1)
+def _progress_line(done, total, timed_images, timed_s) -> str:
+    """'Inference done 11/100 (0.250 s/image), ETA 0:00:22': the rate of the images after the
+    first batch (which includes tracing the model)."""
+    per_image = timed_s / max(timed_images, 1)
     eta = datetime.timedelta(seconds=int(per_image * (total - done)))
     return f"Inference done {done}/{total} ({per_image:.3f} s/image), ETA {eta}"
 
@@ -89,7 +90,7 @@ def inference_on_dataset(model, dataset, cfg, evaluator, batch_size=1, progress=
     evaluator.reset()
     timing = collections.Counter()
     start = last_log = time.perf_counter()
-    done = 0
+    done, warm = 0, None  # warm: (images done, time) after the first batch
     bar = tqdm(total=len(shard), desc="inference", disable=(rank != 0 or not progress),
                unit="img", dynamic_ncols=True)
     with concurrent.futures.ThreadPoolExecutor(max_workers=2) as executor:
@@ -108,8 +109,10 @@ def inference_on_dataset(model, dataset, cfg, evaluator, batch_size=1, progress=
             bar.update(len(records))
             done += len(records)
             t0 = time.perf_counter()
-            if rank == 0 and log_every_s > 0 and t0 - last_log >= log_every_s:
-                logger.info("%s", _progress_line(done, len(shard), t0 - start))
+            if warm is None:
+                warm = (done, t0)
+            elif rank == 0 and log_every_s > 0 and t0 - last_log >= log_every_s:
+                logger.info("%s", _progress_line(done, len(shard), done - warm[0], t0 - warm[1]))
                 last_log = t0
     bar.close()
     loop_s = time.perf_counter() - start

@@ -40,6 +40,9 @@ def check_build_info(info: dict, tf_version: str, library: str) -> None:
             f"TensorFlow {tf_version} is installed. Rebuild them: {rebuild_command()}")
 
 
+# Called from op wrappers inside traced code: AutoGraph would otherwise try to convert this
+# function and the os.path calls of `_load`, and warn (Python 3.11 gives no source for them)
+@tf.autograph.experimental.do_not_convert
 def load_library():
     """The loaded custom-op module (loaded once; raises with the build command if missing or
     built for another TensorFlow)."""
