@@ -104,3 +104,23 @@ def test_our_config_is_the_zoo_model(zoo_name, tmp_path):
         weights = weights.replace("catalog://", "detectron2://") + ".pkl"
     assert ours.MODEL.WEIGHTS == weights
     assert (ours.SOLVER.STEPS, ours.SOLVER.MAX_ITER) == ((210000, 250000), 270000)
+
+
+def test_architecture_inferred_from_detectron2s_weights(zoo_config):
+    """Without --d2-config the converter reads the architecture from the tensor shapes: the
+    names and shapes it then expects are detectron2's, and what it could not see is the zoo
+    config's (DC5's dilation 2 assumed, ResNeXt's groups read)."""
+    from tfmrcnn.converter.infer_config import infer_cfg_from_shapes
+    name, mapped, d2_shapes = zoo_config
+    cfg, notes = infer_cfg_from_shapes(d2_shapes)
+    assert expected_d2_state_dict_shapes(cfg) == expected_d2_state_dict_shapes(mapped)
+    for key in ("BACKBONE.NAME", "RESNETS.RES5_DILATION", "RESNETS.NUM_GROUPS",
+                "RESNETS.WIDTH_PER_GROUP", "RPN.IN_FEATURES", "ROI_HEADS.IN_FEATURES",
+                "ANCHOR_GENERATOR.SIZES", "RPN.PRE_NMS_TOPK_TEST"):
+        a, b = cfg.MODEL, mapped.MODEL
+        for part in key.split("."):
+            a, b = getattr(a, part), getattr(b, part)
+        assert json.loads(json.dumps(a)) == json.loads(json.dumps(b)), key
+    assert cfg.INPUT.SIZE_DIVISIBILITY == mapped.INPUT.SIZE_DIVISIBILITY
+    if "DC5" in name:
+        assert any("RES5_DILATION = 2" in n for n in notes)

@@ -70,10 +70,35 @@ def _c4_layout(shapes: Shapes, cfg, notes: List[str]) -> bool:
     return True
 
 
+def _dc5_layout(shapes: Shapes, cfg, notes: List[str]) -> bool:
+    """A DC5 checkpoint (ResNet ``backbone.*`` up to res5, no FPN, no ``roi_heads.res5``): sets
+    detectron2's Base-RCNN-DilatedC5 wiring and says so. The dilation is not in the weights:
+    2 is assumed (a C5 without dilation is in no model zoo)."""
+    if "backbone.stem.conv1.weight" not in shapes or f"{RES5_HEAD}.0.conv1.weight" in shapes:
+        return False
+    m = cfg.MODEL
+    m.BACKBONE.NAME = "build_resnet_backbone"
+    m.RESNETS.OUT_FEATURES = ["res5"]
+    m.RESNETS.RES5_DILATION = 2
+    m.FPN.IN_FEATURES = []
+    m.RPN.IN_FEATURES = ["res5"]
+    m.ROI_HEADS.IN_FEATURES = ["res5"]
+    m.ANCHOR_GENERATOR.SIZES = [[32, 64, 128, 256, 512]]
+    m.RPN.PRE_NMS_TOPK_TEST, m.RPN.POST_NMS_TOPK_TEST = 6000, 1000
+    m.RPN.PRE_NMS_TOPK_TRAIN, m.RPN.POST_NMS_TOPK_TRAIN = 12000, 2000
+    notes.append("DC5 model (ResNet backbone.* without FPN, heads on res5): "
+                 "MODEL.RESNETS.RES5_DILATION = 2, anchors [[32, 64, 128, 256, 512]], RPN top-k "
+                 "6000 / 1000 at test assumed (detectron2's Base-RCNN-DilatedC5)")
+    return True
+
+
 def _backbone(shapes: Shapes, cfg, notes: List[str], backbone_only: bool = False) -> None:
     r = cfg.MODEL.RESNETS
     c4 = not backbone_only and _c4_layout(shapes, cfg, notes)
-    prefix = "backbone" if c4 else BOTTOM_UP
+    dc5 = not backbone_only and not c4 and _dc5_layout(shapes, cfg, notes)
+    if c4 or dc5:  # detectron2 pads for a plain ResNet to the largest image, unrounded
+        cfg.INPUT.SIZE_DIVISIBILITY = 1
+    prefix = "backbone" if c4 or dc5 else BOTTOM_UP
     r.DEPTH = _depth(shapes, prefix, (2, 3, 4) if c4 else (2, 3, 4, 5))
     r.NORM = _norm_of(shapes, f"{prefix}.stem.conv1", "FrozenBN")
     r.STEM_OUT_CHANNELS = shapes[f"{prefix}.stem.conv1.weight"][0]
@@ -136,6 +161,8 @@ def _box_head(shapes: Shapes, cfg, notes: List[str]) -> int:
     h.NUM_CONV = _count(shapes, rf"^{p}\.conv(\d+)\.weight$")
     h.NUM_FC = _count(shapes, rf"^{p}\.fc(\d+)\.weight$")
     channels = cfg.MODEL.FPN.OUT_CHANNELS
+    if cfg.MODEL.BACKBONE.NAME == "build_resnet_backbone":  # DC5: on res5, 8x res2's width
+        channels = cfg.MODEL.RESNETS.RES2_OUT_CHANNELS * 8
     if h.NUM_CONV:
         h.CONV_DIM = shapes[f"{p}.conv1.weight"][0]
         h.NORM = _norm_of(shapes, f"{p}.conv1", "SyncBN")
@@ -181,6 +208,9 @@ def _summary(cfg, backbone_only: bool) -> str:
     if not backbone_only and m.ROI_HEADS.NAME == "Res5ROIHeads":
         parts += ["C4 (Res5ROIHeads)", f"NUM_CLASSES={m.ROI_HEADS.NUM_CLASSES}",
                   f"MASK_ON={m.MASK_ON}"]
+    elif not backbone_only and m.BACKBONE.NAME == "build_resnet_backbone":
+        parts += [f"DC5 (RES5_DILATION={m.RESNETS.RES5_DILATION})",
+                  f"NUM_CLASSES={m.ROI_HEADS.NUM_CLASSES}", f"MASK_ON={m.MASK_ON}"]
     elif not backbone_only:
         parts += [f"FPN.OUT_CHANNELS={m.FPN.OUT_CHANNELS}", f"FPN.NORM={m.FPN.NORM!r}",
                   f"NUM_CLASSES={m.ROI_HEADS.NUM_CLASSES}", f"MASK_ON={m.MASK_ON}",
