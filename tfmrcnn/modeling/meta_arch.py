@@ -3,9 +3,11 @@
     images (B, Hp, Wp, 3) BGR 0..255, zero-padded bottom/right to a multiple of 32
       -> normalize: (images - PIXEL_MEAN) / PIXEL_STD, padding set back to 0 (detectron2 pads
          the normalized image with zeros)
-      -> backbone: ResNet bottom-up res2..res5 -> FPN p2..p6
+      -> backbone (BACKBONE.NAME): ResNet bottom-up res2..res5 -> FPN p2..p6, or the ResNet
+         alone up to the last of RESNETS.OUT_FEATURES (C4: res4)
       -> RPN on RPN.IN_FEATURES: proposals (B, P, 4) + objectness, losses in training
-      -> ROI heads on ROI_HEADS.IN_FEATURES: box head/predictor (+ mask head)
+      -> ROI heads (ROI_HEADS.NAME) on ROI_HEADS.IN_FEATURES: box head/predictor (+ mask
+         head); Res5ROIHeads runs res5 on the pooled regions for both
       -> losses (training) or detections (inference), see NOTES.md for both formats.
 
 Mixed precision: with SOLVER.AMP.ENABLED the training forward runs backbone, FPN and heads in
@@ -89,10 +91,11 @@ def _compute_dtype(enabled: bool, name: str) -> tf.DType:
 
 
 class GeneralizedRCNN(tf.Module):
-    """Mask R-CNN (Faster R-CNN with MODEL.MASK_ON False) with a ResNet-FPN backbone.
+    """Mask R-CNN (Faster R-CNN with MODEL.MASK_ON False), ResNet-FPN or C4.
 
-    Submodules carry detectron2's names: `backbone` (bottom_up + fpn_*), `proposal_generator`,
-    `roi_heads`; every variable is named by its detectron2 state-dict key. Whether the 3x3
+    Submodules carry detectron2's names: `backbone` (bottom_up + fpn_*, or the ResNet itself:
+    stem, res2..), `proposal_generator`, `roi_heads`; every variable is named by its
+    detectron2 state-dict key. Whether the 3x3
     convs use Winograd is decided once here (`use_winograd`) and passed to every builder; a
     model without it (e.g. a SavedModel for GPUs) is built from a config with
     MODEL.WINOGRAD False.
@@ -140,7 +143,8 @@ class GeneralizedRCNN(tf.Module):
         return tf.cast(tf.where(inside, x, 0.0), dtype)
 
     def features(self, images, image_sizes, training: bool, dtype) -> Dict[str, tf.Tensor]:
-        """Normalized image -> FPN pyramid {p2..p6: (B, Hp / s, Wp / s, C)} in `dtype`."""
+        """Normalized image -> backbone features {name: (B, Hp / s, Wp / s, C)} in `dtype`
+        (FPN: p2..p6; C4: res4)."""
         return self.backbone(self.normalize(images, image_sizes, dtype), training=training)
 
     def _roi_features(self, features) -> List[tf.Tensor]:
