@@ -4,7 +4,7 @@ Synthetic set written to a temporary directory: JPEG images of COCO's typical si
 quick: 240x320) with 7 polygon instances each (COCO's mean), resized with detectron2's training
 rule (short side 640..800, max 1333; quick: 320, 533). Rows:
   stage=decode      cv2.imdecode of one JPEG
-  stage=resize      tf.image.resize bilinear antialias of one decoded image (+ round)
+  stage=resize      Pillow's bilinear resize of one decoded image (tfmrcnn.data.resize)
   stage=masks       transform + rasterise the polygons of one image at the resized size
   stage=pipeline    batches of 2 drawn from build_train_dataset, for DATALOADER.NUM_WORKERS
                     1, 2 and 4 (images/s over all of it: decode, resize, masks, pad, batch)
@@ -46,8 +46,6 @@ def _write_set(root, n, hw, instances=7, seed=0):
 
 
 def run(args):
-    import tensorflow as tf
-
     from tfmrcnn.config import get_cfg
     from tfmrcnn.data import transforms as T
     from tfmrcnn.data.pipeline import build_train_dataset
@@ -64,7 +62,7 @@ def run(args):
         buf = np.frombuffer(data, np.uint8)
         t = args.time(lambda: cv2.imdecode(buf, cv2.IMREAD_COLOR))
         rows.append({"stage": "decode", "image": "%dx%d" % hw, "ms_per_image": t * 1e3})
-        image = tf.constant(cv2.imdecode(buf, cv2.IMREAD_COLOR))
+        image = cv2.imdecode(buf, cv2.IMREAD_COLOR)
         new_h, new_w = resize_shortest_edge_shape(hw[0], hw[1], short[-1], max_size)
         t = args.time(lambda: resize_image(image, new_h, new_w))
         rows.append({"stage": "resize", "image": f"{new_h}x{new_w}", "ms_per_image": t * 1e3})

@@ -30,7 +30,6 @@ import logging
 import threading
 from typing import Dict, Iterator, List, Sequence, Tuple
 
-import cv2
 import numpy as np
 import tensorflow as tf
 
@@ -111,7 +110,8 @@ class TrainSampler:
 class ImageLoader:
     """Reads, decodes and transforms one image and its annotations (NumPy side, thread-safe).
 
-    ``__call__`` returns (image uint8 (h, w, 3) BGR as decoded, new_h, new_w, boxes (G, 4),
+    ``__call__`` returns (image uint8 (new_h, new_w, 3) in the model's channel order, resized with
+    Pillow and flipped (`transforms.TransformParams.apply_image`), new_h, new_w, boxes (G, 4),
     classes (G,), masks (G, new_h, new_w), crowd_boxes (C, 4), ok). On failure ok is False and the
     arrays are 1-pixel placeholders.
     """
@@ -181,7 +181,7 @@ class ImageLoader:
                 if len(targets[key]):
                     targets[key] = targets[key][:self.max_instances]
         masks = targets["masks"] if self.with_masks else np.zeros((0, 1, 1), np.uint8)
-        return (np.ascontiguousarray(image), np.int32(new_h), np.int32(new_w), targets["boxes"],
+        return (params.apply_image(image), np.int32(new_h), np.int32(new_w), targets["boxes"],
                 targets["classes"], masks, targets["crowd_boxes"], True)
 
 
@@ -230,9 +230,8 @@ def build_train_dataset(cfg, dataset_dicts: Sequence[dict], rank: int, world_siz
             stateful=False)
         image, new_h, new_w, boxes, classes, masks, crowd, ok = out
         new_h, new_w = tf.ensure_shape(new_h, []), tf.ensure_shape(new_w, [])
-        image = T.apply_to_image(tf.ensure_shape(image, [None, None, 3]), new_h, new_w, flip)
         example = {
-            "images": image,                                      # (h, w, 3) uint8 BGR
+            "images": tf.ensure_shape(image, [None, None, 3]),    # (h, w, 3) uint8 BGR
             "image_sizes": tf.stack([new_h, new_w]),              # (2,)
             "gt_boxes": tf.ensure_shape(boxes, [None, 4]),        # (G, 4) xyxy
             "gt_classes": tf.ensure_shape(classes, [None]),       # (G,)

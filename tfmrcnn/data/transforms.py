@@ -3,12 +3,13 @@
 Conventions
 -----------
 * Coordinates are continuous: pixel (i, j) spans [j, j+1] x [i, i+1]; boxes are xyxy.
-* ResizeShortestEdge: the output shape and the pixels are `tfmrcnn.data.resize`'s.
-  Coordinates scale by new/old per axis.
+* ResizeShortestEdge: the output shape and the pixels are `tfmrcnn.data.resize`'s (Pillow's
+  bilinear resize, as detectron2's ResizeTransform). Coordinates scale by new/old per axis.
 * Horizontal flip maps x to ``W - x`` (W = width after resizing); resize happens before flip.
 * Masks are rasterised after the geometric transform: polygons are transformed and then
-  rasterised at the resized size with pycocotools (as detectron2's PolygonMasks); RLE masks are
-  decoded at the original size, resized with nearest neighbour (PIL NEAREST sampling) and flipped.
+  rasterised at the resized size with pycocotools (as detectron2's PolygonMasks); RLE masks and
+  bitmasks are decoded at the original size, resized with Pillow's NEAREST (detectron2's
+  ``apply_segmentation``) and flipped.
 * Boxes are clipped to the image; instances whose clipped box has a side <= 1e-5 are dropped
   (detectron2's ``filter_empty_instances``). Crowd regions are kept apart (``crowd_boxes``).
 """
@@ -17,16 +18,13 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Dict, List, Sequence
 
-import cv2
 import numpy as np
 import pycocotools.mask as mask_util
-import tensorflow as tf
 
-from tfmrcnn.data.resize import resize_image
+from tfmrcnn.data.resize import resize_image, resize_mask
 
 __all__ = [
-    "sample_short_edge", "TransformParams", "transform_annotations", "flip_image",
-    "apply_to_image", "EMPTY_BOX_THRESHOLD",
+    "sample_short_edge", "TransformParams", "transform_annotations", "EMPTY_BOX_THRESHOLD",
 ]
 
 EMPTY_BOX_THRESHOLD = 1e-5  # detectron2 Boxes.nonempty threshold
@@ -74,11 +72,16 @@ class TransformParams:
     def apply_polygons(self, polygons: List[Sequence[float]]) -> List[np.ndarray]:
         return [self.apply_coords(np.asarray(p, np.float64)).reshape(-1) for p in polygons]
 
+    def apply_image(self, image: np.ndarray) -> np.ndarray:
+        """(h, w, C) uint8 -> (new_h, new_w, C) uint8: Pillow's bilinear resize, then the flip."""
+        return self._flip(resize_image(image, self.new_h, self.new_w))
+
     def apply_bitmask(self, mask: np.ndarray) -> np.ndarray:
-        """(h, w) 0/1 -> (new_h, new_w) uint8, nearest neighbour at pixel centres like PIL."""
-        out = cv2.resize(np.ascontiguousarray(mask, np.uint8), (self.new_w, self.new_h),
-                         interpolation=cv2.INTER_NEAREST_EXACT)
-        return out[:, ::-1].copy() if self.flip else out
+        """(h, w) 0/1 -> (new_h, new_w) uint8: Pillow's nearest-neighbour resize, then the flip."""
+        return self._flip(resize_mask(np.asarray(mask, np.uint8), self.new_h, self.new_w))
+
+    def _flip(self, array: np.ndarray) -> np.ndarray:
+        return np.ascontiguousarray(array[:, ::-1]) if self.flip else array
 
 
 def _xywh_to_xyxy(b) -> np.ndarray:
@@ -132,13 +135,3 @@ def transform_annotations(annotations: Sequence[dict], params: TransformParams,
         "masks": np.stack(masks).astype(np.uint8) if masks else np.zeros(mask_shape, np.uint8),
         "crowd_boxes": np.asarray(crowd, np.float32).reshape(-1, 4),
     }
-
-
-def flip_image(image: tf.Tensor, flip) -> tf.Tensor:
-    """Horizontal flip of (H, W, C) when the boolean tensor ``flip`` is true."""
-    return tf.cond(tf.cast(flip, tf.bool), lambda: tf.reverse(image, axis=[1]), lambda: image)
-
-
-def apply_to_image(image: tf.Tensor, new_h, new_w, flip) -> tf.Tensor:
-    """Resize then flip, as detectron2 applies ResizeShortestEdge before RandomFlip."""
-    return flip_image(resize_image(image, new_h, new_w), flip)

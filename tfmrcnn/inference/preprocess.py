@@ -5,12 +5,12 @@ Convention (detectron2's DefaultPredictor / test-time mapper)
 Input images are (H, W, 3) uint8 in **BGR** order (``cv2.imdecode``'s); a model trained with
 INPUT.FORMAT "RGB" gets its channels swapped here, the one place that does it. Each image is
 resized with ResizeShortestEdge(MIN_SIZE_TEST, MAX_SIZE_TEST) (`tfmrcnn.data.resize`: the shape
-rule and the pixel resize of training too; MIN_SIZE_TEST 0 keeps the size) and padded with zeros
-bottom/right to a multiple of SIZE_DIVISIBILITY; the model gets float32 0..255 values.
+rule and Pillow's bilinear resize, as in training; MIN_SIZE_TEST 0 keeps the size) and padded
+with zeros bottom/right to a multiple of SIZE_DIVISIBILITY; the model gets float32 0..255 values.
 
 Two forms of the same steps: `preprocess_images` for a batch of NumPy images (predict, eval;
-images of a batch are padded to the largest) and `preprocess_image_tf` for one image tensor in a
-graph (the SavedModel).
+Pillow itself; images of a batch are padded to the largest) and `preprocess_image_tf` for one
+image tensor in a graph (the SavedModel; Pillow's algorithm in TF ops), equal bit for bit.
 """
 from __future__ import annotations
 
@@ -44,9 +44,7 @@ def resize_for_test(image, min_size: int, max_size: int) -> np.ndarray:
     """(H, W, 3) uint8 -> (h, w, 3) uint8 resized like detectron2's test-time augmentation."""
     new_h, new_w = R.resize_shortest_edge_shape(image.shape[0], image.shape[1], min_size,
                                                 max_size)
-    if (new_h, new_w) == tuple(image.shape[:2]):
-        return np.asarray(image)
-    return R.resize_image(image, new_h, new_w).numpy()
+    return R.resize_image(image, new_h, new_w)
 
 
 def pad_batch(images, size_divisibility: int = 32):
@@ -86,9 +84,7 @@ def preprocess_image_tf(image_bgr, spec: InputSpec):
     shape = tf.shape(image)
     new_h, new_w = R.resize_shortest_edge_shape_tf(shape[0], shape[1], spec.min_size,
                                                    spec.max_size)
-    same = tf.logical_and(tf.equal(new_h, shape[0]), tf.equal(new_w, shape[1]))
-    # the Python path does not resample an image that keeps its size
-    resized = tf.cond(same, lambda: image, lambda: R.resize_image(image, new_h, new_w))
+    resized = R.resize_image_tf(image, new_h, new_w)
     div = max(spec.size_divisibility, 1)
     pad_h = (new_h + div - 1) // div * div - new_h
     pad_w = (new_w + div - 1) // div * div - new_w
