@@ -220,6 +220,20 @@ def test_full_c4_model_variables_are_detectron2s(repo_root):
     assert model.proposal_generator.anchor_generator.num_anchors == [15]
 
 
+@pytest.mark.parametrize("config", ["COCO-InstanceSegmentation/mask_rcnn_R_101_C4_3x.yaml",
+                                    "COCO-Detection/faster_rcnn_R_50_C4_1x.yaml"])
+def test_c4_checkpoint_without_config_is_recognised(golden_file, config):
+    """tfmrcnn-convert without --d2-config: a state dict with roi_heads.res5 is read as C4."""
+    from tfmrcnn.converter.infer_config import infer_cfg_from_shapes
+
+    d2 = {k: tuple(v) for k, v in json.loads(str(golden_file[f"zoo/{config}/state_dict"]))}
+    cfg, notes = infer_cfg_from_shapes(d2)
+    assert cfg.MODEL.ROI_HEADS.NAME == "Res5ROIHeads"
+    assert list(cfg.MODEL.RPN.IN_FEATURES) == list(cfg.MODEL.ROI_HEADS.IN_FEATURES) == ["res4"]
+    assert expected_d2_state_dict_shapes(cfg) == d2
+    assert any("C4 model" in n for n in notes)
+
+
 def test_imagenet_backbone_initialises_backbone_and_res5_head(repo_root, tmp_path):
     """MODEL.WEIGHTS = an ImageNet ResNet (converted as backbone.bottom_up.*): stem..res4 go
     to backbone.*, res5 to roi_heads.res5.* (detectron2's matching heuristics)."""
