@@ -154,9 +154,13 @@ def _cuda_shim(tf_include, cuda_home):
     return ["-I" + shim]
 
 
-def build(force=False, out=None):
+def build(force=False, out=None, sources=None):
     """Build the library and its _build_info.json into the source tree's tfmrcnn/ops/ (skipped
-    when up to date), or to `out` (always built: a wheel's build folder, a compile check)."""
+    when up to date), or to `out` (always built: a wheel's build folder, a compile check).
+    sources: the C++ files of the CPU ops (default CC_SOURCES, every op), e.g.
+    ["roi_align_op.cc"] for the RoiAlign op alone, all an exported SavedModel needs."""
+    if sources is not None and not out:
+        sys.exit("custom_ops/build.py: --sources needs --out (the package's library has every op)")
     cxx = find_compiler()
     tf_version, cflags, lflags, tf_has_cuda = _tf_flags()
     check_tf_headers(cflags)
@@ -198,7 +202,8 @@ def build(force=False, out=None):
     os.close(fd)
     try:
         _run([cxx, "-std=c++17", "-shared", "-fPIC", "-O3", "-DNDEBUG"] + WARNINGS + defines
-             + CC_SOURCES + objects + ["-o", tmp] + cflags + lflags + extra_link, "the CPU op")
+             + list(sources or CC_SOURCES) + objects + ["-o", tmp] + cflags + lflags + extra_link,
+             "the CPU op")
         os.replace(tmp, target)  # atomic: a process loading the op never sees half a file
     finally:
         if os.path.exists(tmp):
@@ -213,6 +218,8 @@ if __name__ == "__main__":
     parser.add_argument("--force", action="store_true", help="rebuild even if up to date")
     parser.add_argument("--out", help="build this file (and its %s) instead of %s"
                         % (BUILD_INFO_NAME, os.path.relpath(TARGET, ROOT)))
+    parser.add_argument("--sources", nargs="+", choices=CC_SOURCES,
+                        help="with --out: only these ops' C++ files (e.g. roi_align_op.cc)")
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     args = parser.parse_args()
-    build(args.force, args.out)
+    build(args.force, args.out, args.sources)

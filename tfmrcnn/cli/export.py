@@ -8,14 +8,19 @@ Signatures (see `tfmrcnn.export.saved_model`):
 Both return boxes (D, 4) xyxy in original-image pixels, scores (D,), classes (D,) contiguous
 labels, masks (D, H, W) uint8 pasted at the original size, num_detections ().
 
-The graph calls tfmrcnn's custom ROIAlign op: load its library before loading the SavedModel,
+The graph has standard convolutions: the model is built with MODEL.WINOGRAD=False whatever the
+config or the overrides say (Winograd is a run-time CPU choice, never baked into an artefact), so
+the SavedModel runs on CPUs and GPUs and its detections equal tfmrcnn-predict's with
+MODEL.WINOGRAD=False. It needs one custom op, RoiAlign (listed in assets.extra/custom_ops.txt);
+the command prints how to load it. In Python, load the library before loading the SavedModel,
 
     import tensorflow as tf, tfmrcnn.ops
     tfmrcnn.ops.load_library()
     detector = tf.saved_model.load(SAVEDMODEL_DIR)
     out = detector.signatures["serving_default"](image=tf.constant(cv2.imread("a.jpg")))
 
-(or `tfmrcnn.export.saved_model.load_saved_model(SAVEDMODEL_DIR)`, which does both).
+(or `tfmrcnn.export.saved_model.load_saved_model(SAVEDMODEL_DIR)`, which does both). TF
+Serving: see `tfmrcnn.export.saved_model`.
 """
 from __future__ import annotations
 
@@ -36,8 +41,19 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--class-names", metavar="FILE",
                    help="class names, one per line, stored as assets.extra/class_names.txt")
     p.add_argument("overrides", nargs="*", metavar="KEY=VALUE",
-                   help="config overrides baked into the graph, e.g. INPUT.MIN_SIZE_TEST=600")
+                   help="config overrides baked into the graph, e.g. INPUT.MIN_SIZE_TEST=600 "
+                        "(MODEL.WINOGRAD is always False in an export)")
     return p
+
+
+def _loading_note(custom_ops: List[str]) -> str:
+    if not custom_ops:
+        return "Standard convolutions; no custom op needed."
+    return (f"Standard convolutions; custom ops needed: {', '.join(custom_ops)}. Load them before "
+            f"the SavedModel: in Python tfmrcnn.ops.load_library() (or tf.load_op_library of "
+            f"'custom_ops/build.py --out roi_align_ops.so --sources roi_align_op.cc'); for TF "
+            f"Serving link custom_ops/roi_align_op.cc into tensorflow_model_server (see "
+            f"tfmrcnn.export.saved_model).")
 
 
 def main(argv: Optional[List[str]] = None) -> int:
@@ -48,16 +64,18 @@ def main(argv: Optional[List[str]] = None) -> int:
     # imported after parsing so that --help stays instant
     from tfmrcnn.config import ConfigError
     from tfmrcnn.checkpoint.model_dir import ModelDirError, load_model, resolve_class_names
-    from tfmrcnn.export.saved_model import export_saved_model
+    from tfmrcnn.export.saved_model import custom_ops_needed, export_saved_model
 
     try:
-        cfg, model = load_model(args.model, args.overrides)
+        # standard convolutions only: Winograd is a run-time choice of the CPU
+        cfg, model = load_model(args.model, [*args.overrides, "MODEL.WINOGRAD=False"])
         class_names = resolve_class_names(cfg, args.model, args.class_names)
     except (ModelDirError, ConfigError, ValueError, OSError) as e:
         print(f"{PROG}: error: {e}", file=sys.stderr)
         return 1
     export_saved_model(cfg, model, args.output, class_names=class_names)
     print(f"SavedModel written to {args.output} (signatures: serving_default, serve_encoded)")
+    print(_loading_note(custom_ops_needed(args.output)))
     return 0
 
 

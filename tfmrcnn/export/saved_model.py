@@ -20,11 +20,26 @@ Inside the graph: the test-time path of `tfmrcnn.inference` in its graph form, t
 `postprocess.postprocess_graph` (boxes scaled by original / resized per axis, clipped, empty
 boxes dropped, masks pasted at >= 0.5).
 
-Loading: the graph uses tfmrcnn's custom ROIAlign op, so its library must be loaded in the
-process first: ``tfmrcnn.ops.load_library()`` then ``tf.saved_model.load(path)``, or simply
-`load_saved_model(path)`. A model exported on a host without GPU with MODEL.WINOGRAD (the
-default) also holds the Winograd tile ops, which have CPU kernels only: to serve on a GPU,
-export with the override ``MODEL.WINOGRAD=False``. The export directory also holds ``assets.extra/class_names.txt``
+Portable: the graph has standard convolutions only. Winograd (MODEL.WINOGRAD) is a run-time
+choice of the CPU Python path, never baked into an artefact: `export_saved_model` refuses a model
+built with it (tfmrcnn-export builds the model with MODEL.WINOGRAD=False), so one SavedModel
+serves on CPUs and GPUs. Its detections equal tfmrcnn-predict's with MODEL.WINOGRAD=False
+(Winograd rounds differently).
+
+Custom ops: one, ``RoiAlign`` (tfmrcnn's ROIAlign; `custom_ops_needed` lists those a saved graph
+uses, and the export writes them to ``assets.extra/custom_ops.txt``). It must be registered in
+the serving process before the SavedModel is loaded:
+
+* Python: ``tfmrcnn.ops.load_library()`` then ``tf.saved_model.load(path)`` (or simply
+  `load_saved_model(path)`); without tfmrcnn, ``tf.load_op_library(path_to_so)`` of a library
+  built for the same TensorFlow version, e.g. RoiAlign alone:
+  ``python custom_ops/build.py --out roi_align_ops.so --sources roi_align_op.cc``.
+* TF Serving links ops into its binary: add custom_ops/roi_align_op.cc with its headers (and
+  roi_align_op_gpu.cu.cc for a GPU server) as a ``cc_library`` with ``alwayslink = 1`` to the
+  model server's SUPPORTED_TENSORFLOW_OPS and rebuild tensorflow_model_server (TF Serving's
+  guide "Serving TensorFlow models with custom ops").
+
+The export directory also holds ``assets.extra/class_names.txt``
 when class names are known.
 """
 from __future__ import annotations
@@ -33,13 +48,18 @@ import os
 from typing import Optional, Sequence
 
 import tensorflow as tf
+from tensorflow.core.protobuf import saved_model_pb2
 
 from tfmrcnn.inference.postprocess import postprocess_graph
 from tfmrcnn.inference.preprocess import InputSpec, preprocess_image_tf
 
-__all__ = ["ServingModule", "export_saved_model", "load_saved_model", "SERVE_ENCODED_KEY"]
+__all__ = ["ServingModule", "export_saved_model", "load_saved_model", "custom_ops_needed",
+           "saved_model_op_types", "SERVE_ENCODED_KEY", "PORTABLE_CUSTOM_OPS"]
 
 SERVE_ENCODED_KEY = "serve_encoded"
+# the custom ops an exported graph may hold (module docstring)
+PORTABLE_CUSTOM_OPS = ("RoiAlign",)
+_CUSTOM_OPS_FILE = os.path.join("assets.extra", "custom_ops.txt")
 _CLASS_NAMES_FILE = os.path.join("assets.extra", "class_names.txt")
 
 
@@ -77,15 +97,52 @@ class ServingModule(tf.Module):
 
 def export_saved_model(cfg, model, output_dir: str, class_names: Optional[Sequence[str]] = None,
                        mask_threshold: float = 0.5) -> str:
-    """Write the SavedModel of `ServingModule(cfg, model)` to output_dir; returns output_dir."""
+    """Write the SavedModel of `ServingModule(cfg, model)` to output_dir; returns output_dir.
+
+    The model must compute standard convolutions (built with MODEL.WINOGRAD=False); the saved
+    graph is checked to hold no custom op but PORTABLE_CUSTOM_OPS, and those it holds are
+    listed in assets.extra/custom_ops.txt.
+    """
+    if getattr(model, "winograd", False):
+        raise ValueError("the model computes its 3x3 convolutions with Winograd, a run-time "
+                         "choice of the CPU that an exported graph must not hold: build it with "
+                         "MODEL.WINOGRAD=False (tfmrcnn-export does)")
     module = ServingModule(cfg, model, mask_threshold)
     tf.saved_model.save(module, output_dir, signatures=module.signatures())
+    needed = custom_ops_needed(output_dir)
+    unexpected = sorted(set(needed) - set(PORTABLE_CUSTOM_OPS))
+    if unexpected:
+        raise RuntimeError(f"the graph saved to {output_dir} holds custom ops {unexpected}; an "
+                           f"exported model may only need {list(PORTABLE_CUSTOM_OPS)}")
+    path = os.path.join(output_dir, _CUSTOM_OPS_FILE)
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    with open(path, "w", encoding="utf-8") as f:
+        f.write("".join(f"{name}\n" for name in needed))
     if class_names:
         path = os.path.join(output_dir, _CLASS_NAMES_FILE)
         os.makedirs(os.path.dirname(path), exist_ok=True)
         with open(path, "w", encoding="utf-8") as f:
             f.write("".join(f"{name}\n" for name in class_names))
     return output_dir
+
+
+def saved_model_op_types(path: str) -> set:
+    """The op types of every graph and function of the SavedModel at path (its saved_model.pb)."""
+    proto = saved_model_pb2.SavedModel()
+    with open(os.path.join(path, "saved_model.pb"), "rb") as f:
+        proto.ParseFromString(f.read())
+    ops = set()
+    for meta_graph in proto.meta_graphs:
+        ops.update(node.op for node in meta_graph.graph_def.node)
+        for function in meta_graph.graph_def.library.function:
+            ops.update(node.op for node in function.node_def)
+    return ops
+
+
+def custom_ops_needed(path: str) -> list:
+    """Sorted names of the ops the SavedModel at path uses that TensorFlow does not ship (those
+    missing from tf.raw_ops): the op libraries a serving process must load first."""
+    return sorted(saved_model_op_types(path) - set(dir(tf.raw_ops)))
 
 
 def load_saved_model(path: str):
