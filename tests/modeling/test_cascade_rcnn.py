@@ -10,13 +10,6 @@ Plus: the model built from configs/cascade_mask_rcnn_R_50_FPN_1x.yaml has detect
 in detectron2's order, config errors name the key, a batch without GT trains, and (slow) a tiny
 cascade trains with 2 Horovod processes, checkpoints and resumes.
 """
-import os
-import pathlib
-import re
-import subprocess
-import sys
-import tempfile
-
 import numpy as np
 import pytest
 import tensorflow as tf
@@ -257,42 +250,14 @@ def test_two_stage_cascade_from_config():
 
 
 # ---------------------------------------------------------------- training (2 processes)
-def _horovod_train(out_dir, max_iter, *overrides):
-    """tfmrcnn-train under horovodrun -np 2 on the shapes set: the demo model with cascade
-    heads, smaller images and fewer proposals (about 1 s per iteration on 2 cores)."""
-    root = pathlib.Path(__file__).resolve().parents[2]
-    bin_dir = pathlib.Path(sys.executable).parent
-    cmd = [str(bin_dir / "horovodrun"), "-np", "2", "-H", "localhost:2", "--gloo",
-           str(bin_dir / "tfmrcnn-train"), "--config-file",
-           str(root / "configs" / "shapes_demo_cpu.yaml"), "--num-vis", "0",
-           f"OUTPUT_DIR={out_dir}", "MODEL.ROI_HEADS.NAME=CascadeROIHeads",
-           "MODEL.ROI_BOX_HEAD.CLS_AGNOSTIC_BBOX_REG=True", f"SOLVER.MAX_ITER={max_iter}",
-           "SOLVER.WARMUP_ITERS=2", "SOLVER.STEPS=()", "SOLVER.CHECKPOINT_PERIOD=4",
-           "TRAINER.LOG_PERIOD=1", "TRAINER.NUM_THREADS=1", "DATASETS.TEST=()",
-           "INPUT.MIN_SIZE_TRAIN=(128,)", "INPUT.MAX_SIZE_TRAIN=192",
-           "MODEL.RPN.POST_NMS_TOPK_TRAIN=64", "MODEL.ROI_HEADS.BATCH_SIZE_PER_IMAGE=32",
-           *overrides]
-    shapes = os.path.join(tempfile.gettempdir(), "tfmrcnn_test_shapes")  # shared, file-locked
-    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2", PYTHONPATH=str(root),
-               TFMRCNN_SHAPES_DIR=os.environ.get("TFMRCNN_SHAPES_DIR", shapes),
-               OMPI_ALLOW_RUN_AS_ROOT="1", OMPI_ALLOW_RUN_AS_ROOT_CONFIRM="1")
-    proc = subprocess.run(cmd, cwd=root, capture_output=True, text=True, env=env, timeout=900)
-    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
-    return (out_dir / "log.txt").read_text()
-
-
-def _logged(log_text):
-    """{iteration: {name: logged value}} of the 'iter: N  name: value ...' lines."""
-    out = {}
-    for m in re.finditer(r"iter: (\d+)\s+(.*?)\s+time:", log_text):
-        fields = m.group(2).split()
-        out[int(m.group(1))] = {k.rstrip(":"): float(v) for k, v in zip(fields[::2], fields[1::2])}
-    return out
+CASCADE = ("MODEL.ROI_HEADS.NAME=CascadeROIHeads", "MODEL.ROI_BOX_HEAD.CLS_AGNOSTIC_BBOX_REG=True")
 
 
 @pytest.mark.slow
 def test_two_processes_train_a_tiny_cascade_checkpoint_and_resume(tmp_path):
-    log = _logged(_horovod_train(tmp_path, 8))
+    from shapes_horovod_train import horovod_train, logged
+
+    log = logged(horovod_train(tmp_path, 8, *CASCADE))
     assert sorted(log) == list(range(8))
     names = {f"loss_{n}_stage{s}" for n in ("cls", "box_reg") for s in range(STAGES)}
     assert names | {"loss_mask", "loss_rpn_cls", "total_loss"} <= set(log[7])
@@ -303,6 +268,6 @@ def test_two_processes_train_a_tiny_cascade_checkpoint_and_resume(tmp_path):
     falling = ["loss_rpn_cls", "loss_mask"] + [f"loss_cls_stage{s}" for s in range(STAGES)]
     assert all(log[7][k] < log[0][k] for k in falling), [(log[0][k], log[7][k]) for k in falling]
     assert (tmp_path / "model_0000003.npz").exists() and (tmp_path / "model_final.npz").exists()
-    resumed = _horovod_train(tmp_path, 12)
+    resumed = horovod_train(tmp_path, 12, *CASCADE)
     assert "Resumed from" in resumed and "at iteration 8" in resumed
-    assert sorted(_logged(resumed.split("Resumed from")[1])) == list(range(8, 12))
+    assert sorted(logged(resumed.split("Resumed from")[1])) == list(range(8, 12))
