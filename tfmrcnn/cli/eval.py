@@ -19,6 +19,8 @@ from typing import List, Optional
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from tfmrcnn.cli.score_threshold import add_score_threshold
+
     p = argparse.ArgumentParser(prog="tfmrcnn-eval",
                                 description="Evaluate a tfmrcnn model on a COCO-format dataset.")
     p.add_argument("--model", required=True, metavar="DIR",
@@ -35,6 +37,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="results directory (default: DIR/inference/<dataset>)")
     p.add_argument("--batch-size", type=int, default=1, help="images per model call and process")
     p.add_argument("--no-per-category", action="store_true", help="skip the AP-<class> entries")
+    add_score_threshold(p, default=None)
     p.add_argument("--bn-batch-stats", action="store_true",
                    help="diagnostic: batch norms normalise with each test batch's own statistics "
                         "instead of their moving averages (a large AP gain means the moving "
@@ -77,6 +80,7 @@ def main(argv: Optional[List[str]] = None) -> int:
 
     reexec_with_allocator(argv)  # tcmalloc from the process start (utils/launch.py)
     # imported after parsing so that --help stays instant
+    from tfmrcnn.cli.score_threshold import describe_score_threshold, with_score_threshold
     from tfmrcnn.config import ConfigError, load_config
 
     config_path = os.path.join(args.model, "config.yaml")
@@ -86,7 +90,7 @@ def main(argv: Optional[List[str]] = None) -> int:
             print(f"tfmrcnn-eval: error: {path} not found", file=sys.stderr)
             return 1
     try:
-        cfg = load_config(config_path, args.overrides)
+        cfg = load_config(config_path, with_score_threshold(args.score_threshold, args.overrides))
     except ConfigError as e:
         print(f"tfmrcnn-eval: error: {e}", file=sys.stderr)
         return 1
@@ -107,6 +111,7 @@ def main(argv: Optional[List[str]] = None) -> int:
         return 1
     if rank == 0:
         print(f"Loaded {weights}" + (f"\n{report.summary()}" if report.missing else ""))
+        print(describe_score_threshold(cfg, args.score_threshold, args.overrides))
     if args.bn_batch_stats:
         from tfmrcnn.modeling.norm import use_batch_statistics_at_test
 

@@ -32,6 +32,8 @@ PROG = "tfmrcnn-export"
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from tfmrcnn.cli.score_threshold import add_score_threshold
+
     p = argparse.ArgumentParser(prog=PROG, description="Export a tfmrcnn model directory as a "
                                 "TensorFlow SavedModel (resize, model, rescale, mask paste).")
     p.add_argument("--model", required=True, metavar="DIR",
@@ -40,6 +42,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="directory the SavedModel is written to")
     p.add_argument("--class-names", metavar="FILE",
                    help="class names, one per line, stored as assets.extra/class_names.txt")
+    add_score_threshold(p, default=None)
     p.add_argument("overrides", nargs="*", metavar="KEY=VALUE",
                    help="config overrides baked into the graph, e.g. INPUT.MIN_SIZE_TEST=600 "
                         "(MODEL.WINOGRAD is always False in an export)")
@@ -62,19 +65,22 @@ def main(argv: Optional[List[str]] = None) -> int:
 
     reexec_with_allocator(argv)  # tcmalloc from the process start (utils/launch.py)
     # imported after parsing so that --help stays instant
+    from tfmrcnn.cli.score_threshold import describe_score_threshold, with_score_threshold
     from tfmrcnn.config import ConfigError
     from tfmrcnn.checkpoint.model_dir import ModelDirError, load_model, resolve_class_names
     from tfmrcnn.export.saved_model import custom_ops_needed, export_saved_model
 
     try:
         # standard convolutions only: Winograd is a run-time choice of the CPU
-        cfg, model = load_model(args.model, [*args.overrides, "MODEL.WINOGRAD=False"])
+        overrides = with_score_threshold(args.score_threshold, args.overrides)
+        cfg, model = load_model(args.model, [*overrides, "MODEL.WINOGRAD=False"])
         class_names = resolve_class_names(cfg, args.model, args.class_names)
     except (ModelDirError, ConfigError, ValueError, OSError) as e:
         print(f"{PROG}: error: {e}", file=sys.stderr)
         return 1
     export_saved_model(cfg, model, args.output, class_names=class_names)
-    print(f"SavedModel written to {args.output} (signatures: serving_default, serve_encoded)")
+    print(f"SavedModel written to {args.output} (signatures: serving_default, serve_encoded); "
+          f"{describe_score_threshold(cfg, args.score_threshold, args.overrides)}")
     print(_loading_note(custom_ops_needed(args.output)))
     return 0
 

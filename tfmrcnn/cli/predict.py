@@ -16,9 +16,10 @@ format with two extra keys::
 the contiguous label (the training dataset's map, the COCO ids for an 80-class model, otherwise
 label + 1), see `tfmrcnn.checkpoint.model_dir`. Boxes and masks are in original-image pixels.
 
-``--score-threshold`` sets MODEL.ROI_HEADS.SCORE_THRESH_TEST, as detectron2's demo does (an
-explicit KEY=VALUE override of that key wins). An unreadable image prints an error line and is
-skipped; the exit status is 0 when at least one image was processed.
+``--score-threshold`` (default 0.5, as detectron2's demo) sets MODEL.ROI_HEADS.SCORE_THRESH_TEST
+like tfmrcnn-eval's and tfmrcnn-export's (`tfmrcnn.cli.score_threshold`; an explicit KEY=VALUE
+override of that key wins); the command prints the threshold it uses. An unreadable image
+prints an error line and is skipped; the exit status is 0 when at least one image was processed.
 """
 from __future__ import annotations
 
@@ -34,6 +35,8 @@ PROG = "tfmrcnn-predict"
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from tfmrcnn.cli.score_threshold import add_score_threshold
+
     p = argparse.ArgumentParser(prog=PROG, description="Predict instances on images with a "
                                 "tfmrcnn model; writes pictures and COCO-format predictions.")
     p.add_argument("--model", required=True, metavar="DIR",
@@ -42,8 +45,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="an image file, or a folder of .jpg/.jpeg/.png images")
     p.add_argument("--output", "-o", required=True, metavar="OUTDIR",
                    help="folder for <name>.png pictures and predictions.json")
-    p.add_argument("--score-threshold", type=float, default=0.5,
-                   help="minimum detection score (MODEL.ROI_HEADS.SCORE_THRESH_TEST)")
+    add_score_threshold(p, default=0.5)
     p.add_argument("--batch-size", type=int, default=1, help="images per model call")
     p.add_argument("--class-names", metavar="FILE",
                    help="class names, one per line in label order (default: DIR/class_names.txt, "
@@ -101,14 +103,15 @@ def run(args) -> int:
     from tfmrcnn.evaluation.coco_evaluation import instances_to_coco_json
     from tfmrcnn.checkpoint.model_dir import (ModelDirError, label_to_category_id, load_model,
                                           resolve_class_names)
+    from tfmrcnn.cli.score_threshold import describe_score_threshold, with_score_threshold
     from tfmrcnn.inference.predictor import Predictor
     from tfmrcnn.utils.visualize import draw_instances
     from tqdm import tqdm
 
     try:
         paths = list_images(args.input)
-        overrides = [f"MODEL.ROI_HEADS.SCORE_THRESH_TEST={args.score_threshold}", *args.overrides]
-        cfg, model = load_model(args.model, overrides)
+        cfg, model = load_model(args.model, with_score_threshold(args.score_threshold,
+                                                                 args.overrides))
         class_names = resolve_class_names(cfg, args.model, args.class_names)
     except (ModelDirError, FileNotFoundError, ConfigError, ValueError) as e:
         _error(str(e))
@@ -118,6 +121,7 @@ def run(args) -> int:
         return 1
     os.makedirs(args.output, exist_ok=True)
     category_ids = label_to_category_id(cfg)
+    print(describe_score_threshold(cfg, args.score_threshold, args.overrides))
     predictor = Predictor(cfg, model, compile=not args.eager)
     pictures = picture_names(paths)
     results, num_done = [], 0
