@@ -4,14 +4,16 @@ The driver prints this table after its rows. Each line pairs a row of our sectio
 of section `reference` (benchmarks/torch_reference.py) for the same problem:
 
   inference end to end     model infer "end-to-end", R50-FPN, each of our modes (fp32, fp32
-                           direct conv, bf16)              vs detectron2's model(inputs)
+                           direct conv, bf16), and X101-FPN fp32
+                                                           vs detectron2's model(inputs)
   training step            model train "train step", R50-FPN batch 1, each mode
                                                            vs detectron2's step
   inference / training peak RSS of those worker processes  vs detectron2's processes
   ROIAlign 7x7 / 14x14     roi_align `OURS_ROI_ALIGN` (the exact ROIAlignV2), fwd and fwd+bwd
                            vs torchvision.ops.roi_align (the kernel detectron2's ROIAlign calls)
 
-Model rows are paired only at the same image size (the "HxW" of their case names). ratio =
+Model rows are paired only for the same architecture (the first word of our case name, after
+"detectron2 " in theirs) and image size (the "HxW" of their case names). ratio =
 reference / ours: above 1, ours takes less time (or memory). Only pairs measured in this run
 appear: machines differ from day to day, so a figure from another run or another machine is not
 compared with.
@@ -43,9 +45,9 @@ def _model_pairs(rows):
             return [r for r in rows if r.get("section") == section and r.get("group") == group
                     and r.get("stage") == stage and r.get("case", "").startswith(prefix)]
 
-        references = matching("reference", "detectron2 ")
-        for ours in matching("model", "R50-FPN "):
-            for ref in references:
+        for ours in matching("model", ""):
+            arch = ours["case"].split(" ", 1)[0]
+            for ref in matching("reference", "detectron2 %s " % arch):
                 if _image_size(ref["case"]) == _image_size(ours["case"]):
                     yield measure, ours, ref, column, unit
                     break

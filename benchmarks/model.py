@@ -16,6 +16,8 @@ all threads, the steadier number on a shared machine):
          With --bf16 (always run by the driver): TEST.BF16_INFERENCE for infer, the AMP
          bfloat16 step for train --case r50. With --direct (also run by the driver): fp32
          with MODEL.WINOGRAD off, i.e. every conv through tf.nn.conv2d (oneDNN's direct kernels).
+         With --arch x101 (also run by the driver, fp32): configs/mask_rcnn_X_101_32x8d_FPN_3x
+         (ResNeXt-101 32x8d: grouped 3x3 convs, one dense conv per group on CPU).
   train  one training step (forward, backward, SGD update) at batch 1, 800x1333, R50-FPN
          defaults (FREEZE_AT 2, 512 ROIs/image), 10 GT instances; and the shapes demo config
          (configs/shapes_demo_cpu.yaml, R18-half, GN) at batch 1 and 2 at its image size
@@ -36,6 +38,10 @@ from benchmarks.common import (DEMO_HW, FULL_HW, QUICK_HW, ROOT, current_rss_mb,
                                synthetic_batch)
 
 DEMO_CONFIG = os.path.join(ROOT, "configs", "shapes_demo_cpu.yaml")
+# infer --arch: (config file or None for the defaults = R50-FPN, case label); the label is also
+# detectron2's (benchmarks/torch_reference.py), which pairs the rows (benchmarks/compare.py)
+ARCHS = {"r50": (None, "R50-FPN"),
+         "x101": (os.path.join(ROOT, "configs", "mask_rcnn_X_101_32x8d_FPN_3x.yaml"), "X101-FPN")}
 
 
 # ---------------------------------------------------------------------- helpers (also used by
@@ -199,8 +205,10 @@ def _mode(opts, bf16_name="bf16"):
 def group_infer(opts):
     import tensorflow as tf
     hw = QUICK_HW if opts.quick else FULL_HW
-    cfg = make_cfg(overrides=["MODEL.ROI_HEADS.SCORE_THRESH_TEST", "0.0",
-                              "TEST.BF16_INFERENCE", str(bool(opts.bf16))] + _conv_override(opts))
+    config_file, arch = ARCHS[opts.arch]
+    cfg = make_cfg(config_file, overrides=["MODEL.ROI_HEADS.SCORE_THRESH_TEST", "0.0",
+                                           "TEST.BF16_INFERENCE", str(bool(opts.bf16))]
+                   + _conv_override(opts))
     model = build_model(cfg)
     batch = synthetic_batch(1, hw, 0, 80, masks=False)
     calibrate_frozen_bn(model, batch["images"], batch["image_sizes"])
@@ -214,7 +222,7 @@ def group_infer(opts):
     block(infer(images, sizes))
     trace_s = time.perf_counter() - t0
     ndet = int(outs["num_detections"][0])
-    case = "R50-FPN %dx%d %s" % (hw[0], hw[1], _mode(opts))
+    case = "%s %dx%d %s" % (arch, hw[0], hw[1], _mode(opts))
     rep, warm = opts.repeats, opts.warmup
     stages = [("backbone+fpn", lambda: backbone(images, sizes)),
               ("rpn", lambda: rpn(feats, sizes)),
@@ -298,6 +306,7 @@ def worker_main(argv=None):
     p = argparse.ArgumentParser()
     p.add_argument("--worker", choices=sorted(GROUPS), required=True)
     p.add_argument("--case", default="r50", help="train group: r50 or demo")
+    p.add_argument("--arch", default="r50", choices=sorted(ARCHS), help="infer group's model")
     p.add_argument("--bf16", action="store_true")
     p.add_argument("--direct", action="store_true", help="MODEL.WINOGRAD=False")
     opts = common.add_worker_arguments(p).parse_args(argv)
@@ -320,7 +329,7 @@ def run(args):
     # fp32 with and without Winograd, and the bfloat16 modes (TEST.BF16_INFERENCE, AMP bf16
     # training) side by side
     groups = [["--worker", "infer"], ["--worker", "infer", "--direct"],
-              ["--worker", "infer", "--bf16"],
+              ["--worker", "infer", "--bf16"], ["--worker", "infer", "--arch", "x101"],
               ["--worker", "train", "--case", "r50"],
               ["--worker", "train", "--case", "r50", "--direct"],
               ["--worker", "train", "--case", "r50", "--bf16"],

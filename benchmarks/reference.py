@@ -7,7 +7,8 @@ same thread settings, so that the driver's comparison (benchmarks/compare.py) co
 like:
 
   infer      detectron2 mask_rcnn_R_50_FPN_1x, one 800x1333 image, 100 detections: stages and
-             end to end; torchvision maskrcnn_resnet50_fpn end to end
+             end to end; torchvision maskrcnn_resnet50_fpn end to end; detectron2
+             mask_rcnn_X_101_32x8d_FPN_3x the same way (group infer --arch x101)
   train      detectron2's training step, batch 1, 800x1333, 512 ROIs, 10 instances
   roi_align  torchvision.ops.roi_align (detectron2's ROIAlign kernel), 7x7 and 14x14
 
@@ -31,9 +32,10 @@ def reference_python():
     return path if os.path.exists(path) else None
 
 
-def run_group(python, group, repeats, warmup, quick):
+def run_group(python, group, repeats, warmup, quick, extra=()):
     cmd = module_command("torch_reference", "--group", group, "--repeats", repeats,
-                         "--warmup", warmup, *(["--quick"] if quick else []), python=python)
+                         "--warmup", warmup, *(["--quick"] if quick else []), *extra,
+                         python=python)
     return run_worker(cmd, group, env=worker_env(PYTHONWARNINGS="ignore"))
 
 
@@ -45,8 +47,10 @@ def run(args):
     # the same repeats as the model section's workers
     repeats, warmup = min(args.repeats, 3), min(args.warmup, 1)
     rows = []
+    quick = getattr(args, "quick", False)
     for group in GROUPS:
-        rows += run_group(python, group, repeats, warmup, getattr(args, "quick", False))
+        rows += run_group(python, group, repeats, warmup, quick)
+    rows += run_group(python, "infer", repeats, warmup, quick, extra=("--arch", "x101"))
     return rows
 
 

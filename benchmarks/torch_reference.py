@@ -10,10 +10,11 @@ modules: benchmarks/__init__.py (a docstring) and benchmarks/common.py; keep it 
 (benchmarks/tests/test_sections.py checks it). Each group prints rows ``BENCH_ROW {json}``, like
 benchmarks/model.py's workers:
 
-  infer      detectron2 mask_rcnn_R_50_FPN_1x (80 classes), one 800x1333 image: stages
+  infer      detectron2 mask_rcnn_R_50_FPN_1x (80 classes; --arch x101:
+             mask_rcnn_X_101_32x8d_FPN_3x), one 800x1333 image: stages
              backbone+fpn (normalise + pad + ResNet + FPN) / rpn / roi_heads / paste
              (detector_postprocess: rescale + paste 100 masks) and end to end (model(inputs));
-             and torchvision's maskrcnn_resnet50_fpn end to end on the same image.
+             and (R50) torchvision's maskrcnn_resnet50_fpn end to end on the same image.
   train      detectron2's training step (forward, backward, SGD) at batch 1, 800x1333,
              FREEZE_AT 2, 512 ROIs per image, 10 GT instances with masks.
   roi_align  torchvision.ops.roi_align (what detectron2's ROIAlign calls), aligned=True,
@@ -46,14 +47,18 @@ def _versions():
 
 
 # ---------------------------------------------------------------------- detectron2
-def d2_model():
+# --arch: (model-zoo config, case label); the labels are those of benchmarks/model.py's ARCHS
+ARCHS = {"r50": ("COCO-InstanceSegmentation/mask_rcnn_R_50_FPN_1x.yaml", "R50-FPN"),
+         "x101": ("COCO-InstanceSegmentation/mask_rcnn_X_101_32x8d_FPN_3x.yaml", "X101-FPN")}
+
+
+def d2_model(arch: str = "r50"):
     import torch
     from detectron2 import model_zoo
     from detectron2.config import get_cfg
     from detectron2.modeling import build_model
     cfg = get_cfg()
-    cfg.merge_from_file(model_zoo.get_config_file(
-        "COCO-InstanceSegmentation/mask_rcnn_R_50_FPN_1x.yaml"))
+    cfg.merge_from_file(model_zoo.get_config_file(ARCHS[arch][0]))
     cfg.MODEL.DEVICE = "cpu"
     cfg.MODEL.ROI_HEADS.SCORE_THRESH_TEST = 0.0  # random weights: 100 detections, as ours
     torch.manual_seed(0)
@@ -91,14 +96,14 @@ def group_infer(opts):
     import torch
     from detectron2.layers import FrozenBatchNorm2d
     hw = QUICK_HW if opts.quick else FULL_HW
-    model, _ = d2_model()
+    model, _ = d2_model(opts.arch)
     model.eval()
     bgr = _bgr_image(hw)
     inputs = [{"image": torch.from_numpy(bgr.copy()).permute(2, 0, 1),  # (3, H, W)
                "height": hw[0], "width": hw[1]}]
     calibrate_frozen_bn(model, FrozenBatchNorm2d,
                         lambda: model.backbone(model.preprocess_image(inputs).tensor))
-    case = "detectron2 R50-FPN %dx%d fp32" % hw
+    case = "detectron2 %s %dx%d fp32" % (ARCHS[opts.arch][1], *hw)
     state = {}
 
     def backbone():
@@ -126,7 +131,8 @@ def group_infer(opts):
              note=_versions())
     print_row(group="infer", case=case, stage="peak RSS MB", seconds=None, value=peak_rss_mb())
     del model, state
-    _torchvision_infer(opts, hw, bgr)
+    if opts.arch == "r50":
+        _torchvision_infer(opts, hw, bgr)
 
 
 def _torchvision_infer(opts, hw, bgr):
@@ -224,6 +230,7 @@ GROUPS = {"infer": group_infer, "train": group_train, "roi_align": group_roi_ali
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--group", choices=sorted(GROUPS), required=True)
+    p.add_argument("--arch", default="r50", choices=sorted(ARCHS), help="infer group's model")
     opts = add_worker_arguments(p).parse_args(argv)
     import torch
     torch.set_num_threads(opts.threads)

@@ -82,3 +82,14 @@ def test_without_a_reference_there_is_nothing_to_compare():
     rows = _rows()
     rows[-1] = dict(rows[-1], **{"fwd s": None, "fwd+bwd s": None})
     assert not [r for r in comparison_table(rows) if r["measure"].startswith("ROIAlign")]
+
+
+def test_model_rows_pair_only_with_the_same_architecture():
+    """X101-FPN pairs with detectron2's X101-FPN (listed first here), R50-FPN with its R50."""
+    x101 = [{"section": "reference", "group": "infer", "case": "detectron2 X101-FPN 800x1333 fp32",
+             "stage": "end-to-end", "seconds": 6.0},
+            {"section": "model", "group": "infer", "case": "X101-FPN 800x1333 fp32",
+             "stage": "end-to-end", "seconds": 4.0}]
+    table = _by_measure(comparison_table(x101 + _rows()))
+    assert table[("inference end to end", "X101-FPN 800x1333 fp32")]["reference / ours"] == 1.5
+    assert table[("inference end to end", "R50-FPN 800x1333 fp32")]["reference value"] == 3.0
