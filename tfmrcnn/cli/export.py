@@ -7,6 +7,8 @@ Signatures (see `tfmrcnn.export.saved_model`):
   serve_encoded(image_bytes: scalar string, encoded JPEG/PNG; decoded as RGB, swapped to BGR)
 Both return boxes (D, 4) xyxy in original-image pixels, scores (D,), classes (D,) contiguous
 labels, masks (D, H, W) uint8 pasted at the original size, num_detections ().
+assets.extra/class_names.txt and category_ids.txt give each label's name and dataset category
+id (from DIR/classes.json, see `tfmrcnn.checkpoint.model_dir`).
 
 The graph has standard convolutions: the model is built with MODEL.WINOGRAD=False whatever the
 config or the overrides say (Winograd is a run-time CPU choice, never baked into an artefact), so
@@ -67,7 +69,8 @@ def main(argv: Optional[List[str]] = None) -> int:
     # imported after parsing so that --help stays instant
     from tfmrcnn.cli.score_threshold import describe_score_threshold, with_score_threshold
     from tfmrcnn.config import ConfigError
-    from tfmrcnn.checkpoint.model_dir import ModelDirError, load_model, resolve_class_names
+    from tfmrcnn.checkpoint.model_dir import (ModelDirError, label_to_category_id, load_model,
+                                              resolve_class_names)
     from tfmrcnn.export.saved_model import custom_ops_needed, export_saved_model
 
     try:
@@ -75,10 +78,12 @@ def main(argv: Optional[List[str]] = None) -> int:
         overrides = with_score_threshold(args.score_threshold, args.overrides)
         cfg, model = load_model(args.model, [*overrides, "MODEL.WINOGRAD=False"])
         class_names = resolve_class_names(cfg, args.model, args.class_names)
+        category_ids = label_to_category_id(cfg, args.model)
     except (ModelDirError, ConfigError, ValueError, OSError) as e:
         print(f"{PROG}: error: {e}", file=sys.stderr)
         return 1
-    export_saved_model(cfg, model, args.output, class_names=class_names)
+    export_saved_model(cfg, model, args.output, class_names=class_names,
+                       category_ids=category_ids)
     print(f"SavedModel written to {args.output} (signatures: serving_default, serve_encoded); "
           f"{describe_score_threshold(cfg, args.score_threshold, args.overrides)}")
     print(_loading_note(custom_ops_needed(args.output)))

@@ -13,8 +13,9 @@ format with two extra keys::
      "score": 0.98, "segmentation": {"size": [H, W], "counts": "..."}}
 
 ``image_id`` is the image's index in the sorted input list; ``category_id`` is the dataset id of
-the contiguous label (the training dataset's map, the COCO ids for an 80-class model, otherwise
-label + 1), see `tfmrcnn.checkpoint.model_dir`. Boxes and masks are in original-image pixels.
+the contiguous label (DIR/classes.json, written by training, else the training dataset's map,
+the COCO ids for an 80-class model, otherwise label + 1), see `tfmrcnn.checkpoint.model_dir`.
+Boxes and masks are in original-image pixels.
 
 ``--score-threshold`` (default 0.5, as detectron2's demo) sets MODEL.ROI_HEADS.SCORE_THRESH_TEST
 like tfmrcnn-eval's and tfmrcnn-export's (`tfmrcnn.cli.score_threshold`; an explicit KEY=VALUE
@@ -49,7 +50,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--batch-size", type=int, default=1, help="images per model call")
     p.add_argument("--class-names", metavar="FILE",
                    help="class names, one per line in label order (default: DIR/class_names.txt, "
-                        "the training dataset's names, or COCO's for an 80-class model)")
+                        "DIR/classes.json, the training dataset's names, or COCO's for an "
+                        "80-class model)")
     p.add_argument("--eager", action="store_true",
                    help="run the model eagerly instead of tracing it: faster start, slower per image")
     p.add_argument("overrides", nargs="*", metavar="KEY=VALUE",
@@ -113,6 +115,7 @@ def run(args) -> int:
         cfg, model = load_model(args.model, with_score_threshold(args.score_threshold,
                                                                  args.overrides))
         class_names = resolve_class_names(cfg, args.model, args.class_names)
+        category_ids = label_to_category_id(cfg, args.model)
     except (ModelDirError, FileNotFoundError, ConfigError, ValueError) as e:
         _error(str(e))
         return 1
@@ -120,7 +123,6 @@ def run(args) -> int:
         _error(f"no {'/'.join(IMAGE_EXTENSIONS)} images in {args.input}")
         return 1
     os.makedirs(args.output, exist_ok=True)
-    category_ids = label_to_category_id(cfg)
     print(describe_score_threshold(cfg, args.score_threshold, args.overrides))
     predictor = Predictor(cfg, model, compile=not args.eager)
     pictures = picture_names(paths)

@@ -68,10 +68,12 @@ def main(argv: Optional[List[str]] = None) -> int:
     quiet_tensorflow(args.verbose)  # before TensorFlow is imported
     opts = list(args.opts)
     from tfmrcnn.config import ConfigError, load_config
+    from tfmrcnn.data.catalog import absolute_dataset_names
 
     try:
         cfg = load_config(args.config_file, opts)
-    except ConfigError as e:
+        cfg = absolute_dataset_names(cfg)  # coco:JSON:IMAGES names, for OUTPUT_DIR/config.yaml
+    except (ConfigError, ValueError) as e:
         print(f"tfmrcnn-train: error: {e}", file=sys.stderr)
         return 2
 
@@ -99,10 +101,15 @@ def main(argv: Optional[List[str]] = None) -> int:
         if args.verbose:
             logger.info("Config:\n%s", cfg.dump())
 
+    from tfmrcnn.checkpoint.model_dir import write_classes
+    from tfmrcnn.data.class_metadata import training_classes
     from tfmrcnn.data.validate import checked_evaluation_records, checked_training_records
 
     try:  # the data sets are checked before any long work (tfmrcnn.data.validate)
         dicts = [] if args.eval_only else checked_training_records(cfg, train_dataset_dicts(cfg))
+        classes = None if args.eval_only else training_classes(cfg)  # after the jsons loaded
+        if rank == 0 and classes is not None:  # names and ids travel with the model folder
+            write_classes(cfg.OUTPUT_DIR, classes)
         for name in cfg.DATASETS.TEST:
             checked_evaluation_records(cfg, name)
     except (OSError, ValueError) as e:

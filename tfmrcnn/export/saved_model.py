@@ -40,7 +40,8 @@ the serving process before the SavedModel is loaded:
   guide "Serving TensorFlow models with custom ops").
 
 The export directory also holds ``assets.extra/class_names.txt``
-when class names are known.
+when class names are known and ``assets.extra/category_ids.txt`` (the dataset category id of
+each label, one per line in label order) when given.
 """
 from __future__ import annotations
 
@@ -61,6 +62,7 @@ SERVE_ENCODED_KEY = "serve_encoded"
 PORTABLE_CUSTOM_OPS = ("RoiAlign",)
 _CUSTOM_OPS_FILE = os.path.join("assets.extra", "custom_ops.txt")
 _CLASS_NAMES_FILE = os.path.join("assets.extra", "class_names.txt")
+_CATEGORY_IDS_FILE = os.path.join("assets.extra", "category_ids.txt")
 
 
 class ServingModule(tf.Module):
@@ -96,7 +98,8 @@ class ServingModule(tf.Module):
 
 
 def export_saved_model(cfg, model, output_dir: str, class_names: Optional[Sequence[str]] = None,
-                       mask_threshold: float = 0.5) -> str:
+                       mask_threshold: float = 0.5,
+                       category_ids: Optional[Sequence[int]] = None) -> str:
     """Write the SavedModel of `ServingModule(cfg, model)` to output_dir; returns output_dir.
 
     The model must compute standard convolutions (built with MODEL.WINOGRAD=False); the saved
@@ -118,11 +121,12 @@ def export_saved_model(cfg, model, output_dir: str, class_names: Optional[Sequen
     os.makedirs(os.path.dirname(path), exist_ok=True)
     with open(path, "w", encoding="utf-8") as f:
         f.write("".join(f"{name}\n" for name in needed))
-    if class_names:
-        path = os.path.join(output_dir, _CLASS_NAMES_FILE)
-        os.makedirs(os.path.dirname(path), exist_ok=True)
-        with open(path, "w", encoding="utf-8") as f:
-            f.write("".join(f"{name}\n" for name in class_names))
+    for name, lines in ((_CLASS_NAMES_FILE, class_names), (_CATEGORY_IDS_FILE, category_ids)):
+        if lines:
+            path = os.path.join(output_dir, name)
+            os.makedirs(os.path.dirname(path), exist_ok=True)
+            with open(path, "w", encoding="utf-8") as f:
+                f.write("".join(f"{line}\n" for line in lines))
     return output_dir
 
 
