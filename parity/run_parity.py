@@ -8,11 +8,12 @@ Steps (outputs under --workdir):
    (`parity/_d2_worker.py shapes`, run with --reference-python); `parity.weights` draws seeded
    random weights for those names and shapes (NumPy) into weights.pkl; DefaultPredictor runs on
    the images (`_d2_worker.py predict`). The d2/ step is reused when its files exist (same
-   config, seed and sizes: the manifest is checked), --rerun-d2 redoes it;
+   config, seed, sizes and parity code: the manifest is checked), --rerun-d2 redoes it;
 3. gt.json: annotations derived from detectron2's detections (`parity.images`);
 4. tfmrcnn: tfmrcnn-convert of weights.pkl with the dumped detectron2 config, then every path
    of --paths: tfmrcnn-eval (on gt.json), tfmrcnn-predict (on images/), the SavedModel of
-   tfmrcnn-export (serving_default on each image, in this process);
+   tfmrcnn-export (serving_default on each image, in this process), and d2input (tfmrcnn's
+   Predictor on detectron2's resized images: parity without our pixel resize);
 5. the match table (`parity.match`): fraction of detectron2's detections matched (same class,
    box IoU >= 0.99, score within 1e-3; "loose": IoU >= 0.9, score within 0.05), mean mask IoU
    of the matched pairs, box/mask AP (COCO AP 0.5:0.95, in points) of each side against gt.json;
@@ -25,6 +26,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import hashlib
 import io
 import json
 import os
@@ -95,6 +97,15 @@ def run(cmd: List[str], log_path: str) -> float:
     return time.perf_counter() - start
 
 
+def _source_digest(*names: str) -> str:
+    """SHA-256 of parity modules: detectron2's cached results are redone when they change."""
+    digest = hashlib.sha256()
+    for name in names:
+        with open(os.path.join(ROOT, "parity", name), "rb") as f:
+            digest.update(f.read())
+    return digest.hexdigest()
+
+
 def _xywh_to_xyxy(b):
     return [b[0], b[1], b[0] + b[2], b[1] + b[3]]
 
@@ -103,7 +114,7 @@ def _xywh_to_xyxy(b):
 def detectron2_step(args, d2_dir: str, image_dir: str) -> None:
     """shapes.json, weights.pkl, d2_config.yaml, detections.json (reused when present)."""
     manifest = {"config": args.config, "seed": args.seed, "sizes": args.sizes,
-                "input_scale": INPUT_SCALE}
+                "code": _source_digest("weights.py", "images.py", "_d2_worker.py")}
     manifest_path = os.path.join(d2_dir, "manifest.json")
     det_path = os.path.join(d2_dir, "detections.json")
     resized_path = os.path.join(d2_dir, "resized.npz")
@@ -119,8 +130,8 @@ def detectron2_step(args, d2_dir: str, image_dir: str) -> None:
         raise SystemExit(f"{py} not found: run `bash scripts/setup_reference.sh` first")
     shapes_path = os.path.join(d2_dir, "shapes.json")
     run([py, WORKER, "shapes", "--config", args.config, "--output", shapes_path,
-                   "--d2-config-out", os.path.join(d2_dir, "d2_config.yaml")],
-                  os.path.join(d2_dir, "shapes.log"))
+         "--d2-config-out", os.path.join(d2_dir, "d2_config.yaml")],
+        os.path.join(d2_dir, "shapes.log"))
     with open(shapes_path) as f:
         info = json.load(f)
     input_scale = INPUT_SCALE / float(np.mean(info["pixel_std"]))
@@ -286,6 +297,7 @@ def compare(ref: Dict[str, List[Dict]], ours: Dict[str, List[Dict]], mask_on: bo
     return {"d2_detections": total, "our_detections": sum(len(v) for v in ours.values()),
             "matched": strict / max(total, 1), "matched_loose": loose / max(total, 1),
             "mask_iou": float(np.mean(mask_ious)) if mask_ious else None,
+            "mask_iou_min": float(np.min(mask_ious)) if mask_ious else None,
             "per_image": per_image}
 
 
@@ -315,11 +327,11 @@ def print_report(report: Dict) -> None:
           + "/".join(f"{s:.3f}" for s in d2["score_percentiles"]))
     print(f"matched: same class, box IoU >= {STRICT[0]}, |score diff| <= {STRICT[1]} "
           f"(loose: IoU >= {LOOSE[0]}, <= {LOOSE[1]}); AP: COCO 0.5:0.95 on gt.json, in points")
-    header = (f"{'path':<11} {'dets':>5} {'matched':>8} {'loose':>7} {'maskIoU':>8} "
+    header = (f"{'path':<11} {'dets':>5} {'matched':>8} {'loose':>7} {'maskIoU':>8} {'min':>6} "
               f"{'boxAP':>7} {'dBoxAP':>7} {'maskAP':>7} {'dMaskAP':>7}")
     print(header + "\n" + "-" * len(header))
     ap = d2["ap"]
-    print(f"{'detectron2':<11} {d2['detections']:>5} {'':>8} {'':>7} {'':>8} "
+    print(f"{'detectron2':<11} {d2['detections']:>5} {'':>8} {'':>7} {'':>8} {'':>6} "
           f"{ap['bbox']:>7.2f} {'':>7} {ap.get('segm', float('nan')):>7.2f}")
     paths = {name: r for name, r in report["paths"].items() if "error" not in r}
     for name, r in report["paths"].items():
@@ -327,9 +339,10 @@ def print_report(report: Dict) -> None:
             print(f"{name:<11} FAILED: {r['error'].splitlines()[-1]}")
             continue
         miou = "-" if r["mask_iou"] is None else f"{r['mask_iou']:.4f}"
+        min_iou = "-" if r["mask_iou_min"] is None else f"{r['mask_iou_min']:.3f}"
         segm = r["ap"].get("segm", float("nan"))
         print(f"{name:<11} {r['our_detections']:>5} {100 * r['matched']:>7.2f}% "
-              f"{100 * r['matched_loose']:>6.1f}% {miou:>8} {r['ap']['bbox']:>7.2f} "
+              f"{100 * r['matched_loose']:>6.1f}% {miou:>8} {min_iou:>6} {r['ap']['bbox']:>7.2f} "
               f"{r['ap']['bbox'] - ap['bbox']:>+7.2f} {segm:>7.2f} "
               f"{segm - ap.get('segm', float('nan')):>+7.2f}")
     print("\nper image: matched / detectron2's detections (loose)" +
@@ -390,6 +403,8 @@ def main(argv=None) -> int:
                "ap": coco_ap(gt, ref, mask_on)},
         "paths": {},
     }
+    if args.save_resized:
+        report["resize"] = resize_differences(d2_dir, image_dir, records)
     for name in args.paths:
         try:
             dets, seconds = runners[name]()
@@ -397,12 +412,11 @@ def main(argv=None) -> int:
             print(f"{name}: {e}", file=sys.stderr)
             report["paths"][name] = {"error": str(e)}
             continue
+        parity_images.write_json(os.path.join(tf_dir, f"{name}_detections.json"), dets)
         result = compare(ref, dets, mask_on)
         result.update(ap=coco_ap(gt, dets, mask_on), seconds=seconds)
         report["paths"][name] = result
         print(f"{name}: {100 * result['matched']:.2f}% matched in {seconds:.0f} s")
-    if args.save_resized:
-        report["resize"] = resize_differences(d2_dir, image_dir, records)
     with open(os.path.join(work, "parity.json"), "w") as f:
         json.dump(report, f, indent=1)
     print_report(report)
