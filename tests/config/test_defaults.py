@@ -121,7 +121,7 @@ TFMRCNN_ONLY = {
     "TRAINER.FP16_ALLREDUCE": False,
     "TRAINER.MAX_GT_INSTANCES": 100,
     "TRAINER.TENSORBOARD": True,
-    "TRAINER.VIS_PERIOD": 0,
+    "TRAINER.VIS_PERIOD": 1000,  # pictures in TensorBoard by default (issue 18)
     "TEST.BF16_INFERENCE": False,
 }
 
