@@ -178,3 +178,9 @@ def test_forward_backward_and_inference(arch, norm):
     n = int(out["num_detections"][0])
     assert 0 <= n <= cfg.TEST.DETECTIONS_PER_IMAGE
     assert np.isfinite(out["boxes"].numpy()).all() and out["masks"].shape[-2:] == (28, 28)
+
+
+@pytest.mark.parametrize("kwargs", [{"res5_dilation": 2}, {"num_groups": 2}])
+def test_basic_blocks_refuse_dilation_and_groups(kwargs):
+    with pytest.raises(ValueError, match="RES5_DILATION 1 and NUM_GROUPS 1"):
+        ResNet(depth=18, **kwargs)

@@ -163,6 +163,10 @@ class ResNet(tf.Module):
             raise ValueError(f"ResNet depth {depth} not in {sorted(NUM_BLOCKS)}")
         if res5_dilation not in (1, 2):
             raise ValueError("RES5_DILATION must be 1 or 2")
+        if depth < 50 and (res5_dilation != 1 or num_groups != 1):
+            # detectron2's rule: BasicBlock has neither (it would ignore them silently)
+            raise ValueError(f"ResNet-{depth} (basic blocks) needs MODEL.RESNETS.RES5_DILATION "
+                             f"1 and NUM_GROUPS 1, got {res5_dilation} and {num_groups}")
         self.out_features = list(out_features)
         self.stem = BasicStem(f"{prefix}.stem", in_channels, stem_out_channels, norm,
                               frozen=freeze_at >= 1)
