@@ -3,6 +3,8 @@
     python parity/_d2_worker.py shapes  --config CFG --output shapes.json [--d2-config-out cfg.yaml]
     python parity/_d2_worker.py predict --config CFG --weights W.pkl --images DIR --output d2.json
                                         [--resized-out resized.npz] [--threads 2]
+    python parity/_d2_worker.py calibrate --config CFG --weights W.pkl --images DIR
+                                          --modules NAME,... --output rms.json [--threads 2]
 
 CFG: a model-zoo name (``COCO-InstanceSegmentation/mask_rcnn_R_50_FPN_1x.yaml``) or a yaml file.
 ``shapes`` writes the state dict's names, shapes and dtypes of the model detectron2 builds from
@@ -12,7 +14,8 @@ DIR (sorted), after checking that every weight of the model came from W.pkl, and
 each image its size as resized for the model and its detections: box xyxy, score, contiguous
 label, mask as COCO RLE and its area. With
 ``--resized-out`` it also saves each image as the predictor resized it (uint8, the model's
-input before normalisation), to diagnose resize differences.
+input before normalisation), to diagnose resize differences. ``calibrate`` runs the predictor
+on DIR's first .png and writes the RMS of each named module's output (over all its calls).
 
 Imports nothing from tfmrcnn (TensorFlow is not installed here).
 """
@@ -89,11 +92,9 @@ def _instances_to_dicts(instances):
     return out
 
 
-def cmd_predict(args):
-    import time
-
+def _predictor(args):
+    """(DefaultPredictor with args.weights, checked; the sorted .png names of args.images)."""
     import torch
-    from detectron2.data.detection_utils import read_image
     from detectron2.engine import DefaultPredictor
 
     torch.set_num_threads(args.threads)
@@ -101,7 +102,41 @@ def cmd_predict(args):
     cfg.MODEL.WEIGHTS = args.weights
     predictor = DefaultPredictor(cfg)
     _check_loaded(predictor.model, args.weights)
-    names = sorted(n for n in os.listdir(args.images) if n.lower().endswith(".png"))
+    return predictor, sorted(n for n in os.listdir(args.images) if n.lower().endswith(".png"))
+
+
+def cmd_calibrate(args):
+    from detectron2.data.detection_utils import read_image
+
+    predictor, names = _predictor(args)
+    modules = dict(predictor.model.named_modules())
+    wanted = args.modules.split(",")
+    unknown = [n for n in wanted if n not in modules]
+    if unknown:
+        raise SystemExit(f"{args.config}: the model has no modules {unknown}")
+    sums = {}
+
+    def hook(name):
+        def accumulate(module, inputs, output):
+            total = sums.setdefault(name, [0.0, 0])
+            total[0] += float(output.double().pow(2).sum())
+            total[1] += output.numel()
+        return accumulate
+
+    for name in wanted:
+        modules[name].register_forward_hook(hook(name))
+    predictor(read_image(os.path.join(args.images, names[0]), format="BGR"))
+    with open(args.output, "w") as f:
+        json.dump({k: (s / n) ** 0.5 for k, (s, n) in sums.items() if n}, f, indent=1)
+
+
+def cmd_predict(args):
+    import time
+
+    import torch
+    from detectron2.data.detection_utils import read_image
+
+    predictor, names = _predictor(args)
     results, resized = [], {}
     for name in names:
         image = read_image(os.path.join(args.images, name), format="BGR")  # what the demo reads
@@ -136,8 +171,15 @@ def main(argv=None):
     s.add_argument("--output", required=True)
     s.add_argument("--resized-out")
     s.add_argument("--threads", type=int, default=2)
+    s = sub.add_parser("calibrate")
+    s.add_argument("--config", required=True)
+    s.add_argument("--weights", required=True)
+    s.add_argument("--images", required=True)
+    s.add_argument("--modules", required=True)
+    s.add_argument("--output", required=True)
+    s.add_argument("--threads", type=int, default=2)
     args = p.parse_args(argv)
-    {"shapes": cmd_shapes, "predict": cmd_predict}[args.command](args)
+    {"shapes": cmd_shapes, "predict": cmd_predict, "calibrate": cmd_calibrate}[args.command](args)
 
 
 if __name__ == "__main__":

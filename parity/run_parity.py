@@ -6,8 +6,9 @@ Steps (outputs under --workdir):
 1. images/: seeded synthetic PNGs of several sizes (`parity.images`);
 2. d2/: detectron2 builds the model from the config and lists its state dict
    (`parity/_d2_worker.py shapes`, run with --reference-python); `parity.weights` draws seeded
-   random weights for those names and shapes (NumPy) into weights.pkl; DefaultPredictor runs on
-   the images (`_d2_worker.py predict`). The d2/ step is reused when its files exist (same
+   random weights for those names and shapes (NumPy) into weights.pkl, calibrates the output
+   layers' scales on the first image (`_d2_worker.py calibrate`, scales.json) and draws them
+   again with those scales; DefaultPredictor runs on the images (`_d2_worker.py predict`). The d2/ step is reused when its files exist (same
    config, seed, sizes and parity code: the manifest is checked), --rerun-d2 redoes it;
 3. gt.json: annotations derived from detectron2's detections (`parity.images`);
 4. tfmrcnn: tfmrcnn-convert of weights.pkl with the dumped detectron2 config, then every path
@@ -39,7 +40,8 @@ import numpy as np
 
 from parity import images as parity_images
 from parity.match import LOOSE, STRICT, greedy_match, mask_iou
-from parity.weights import INPUT_SCALE, generate_d2_weights, write_d2_pkl
+from parity.weights import (INPUT_SCALE, calibrated_layers, calibration_scales,
+                            generate_d2_weights, write_d2_pkl)
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 WORKER = os.path.join(ROOT, "parity", "_d2_worker.py")
@@ -106,6 +108,11 @@ def _source_digest(*names: str) -> str:
     return digest.hexdigest()
 
 
+def _read_json(path: str):
+    with open(path) as f:
+        return json.load(f)
+
+
 def _xywh_to_xyxy(b):
     return [b[0], b[1], b[0] + b[2], b[1] + b[3]]
 
@@ -135,11 +142,21 @@ def detectron2_step(args, d2_dir: str, image_dir: str) -> None:
     with open(shapes_path) as f:
         info = json.load(f)
     input_scale = INPUT_SCALE / float(np.mean(info["pixel_std"]))
-    state = generate_d2_weights(info["shapes"], args.seed, input_scale, info["dtypes"])
-    write_d2_pkl(os.path.join(d2_dir, "weights.pkl"), state)
-    cmd = [py, WORKER, "predict", "--config", args.config, "--weights",
-           os.path.join(d2_dir, "weights.pkl"), "--images", image_dir, "--output", det_path,
-           "--threads", str(args.threads)]
+    weights = os.path.join(d2_dir, "weights.pkl")
+    write_d2_pkl(weights, generate_d2_weights(info["shapes"], args.seed, input_scale,
+                                              info["dtypes"]))
+    rms_path = os.path.join(d2_dir, "calibration_rms.json")
+    modules = [n[:-len(".weight")] for n in calibrated_layers(info["shapes"])]
+    run([py, WORKER, "calibrate", "--config", args.config, "--weights", weights, "--images",
+         image_dir, "--modules", ",".join(modules), "--output", rms_path,
+         "--threads", str(args.threads)], os.path.join(d2_dir, "calibrate.log"))
+    with open(rms_path) as f:
+        scales = calibration_scales(info["shapes"], json.load(f))
+    parity_images.write_json(os.path.join(d2_dir, "scales.json"), scales)
+    write_d2_pkl(weights, generate_d2_weights(info["shapes"], args.seed, input_scale,
+                                              info["dtypes"], scales))
+    cmd = [py, WORKER, "predict", "--config", args.config, "--weights", weights,
+           "--images", image_dir, "--output", det_path, "--threads", str(args.threads)]
     if args.save_resized:
         cmd += ["--resized-out", resized_path]
     run(cmd, os.path.join(d2_dir, "predict.log"))
@@ -325,6 +342,9 @@ def print_report(report: Dict) -> None:
     print(f"\nconfig {report['config']}  seed {report['seed']}  {len(report['images'])} images  "
           f"detectron2: {d2['detections']} detections, scores p10/p50/p90 "
           + "/".join(f"{s:.3f}" for s in d2["score_percentiles"]))
+    print("weights: output layers scaled by " + ", ".join(
+        f"{name.replace('roi_heads.', '').replace('.weight', '')} {v:g}"
+        for name, v in report["scales"].items()))
     print(f"matched: same class, box IoU >= {STRICT[0]}, |score diff| <= {STRICT[1]} "
           f"(loose: IoU >= {LOOSE[0]}, <= {LOOSE[1]}); AP: COCO 0.5:0.95 on gt.json, in points")
     header = (f"{'path':<11} {'dets':>5} {'matched':>8} {'loose':>7} {'maskIoU':>8} {'min':>6} "
@@ -366,8 +386,7 @@ def main(argv=None) -> int:
     os.makedirs(tf_dir, exist_ok=True)
     records = parity_images.make_images(image_dir, args.sizes, args.seed)
     detectron2_step(args, d2_dir, image_dir)
-    with open(os.path.join(d2_dir, "shapes.json")) as f:
-        info = json.load(f)
+    info = _read_json(os.path.join(d2_dir, "shapes.json"))
     mask_on = info["mask_on"]
     cats = parity_images.categories(info["num_classes"])
     ref, d2_images = load_d2_detections(d2_dir, cats)
@@ -401,6 +420,7 @@ def main(argv=None) -> int:
                "score_percentiles": (np.percentile(scores, [10, 50, 90]).tolist()
                                      if scores else [0.0] * 3),
                "ap": coco_ap(gt, ref, mask_on)},
+        "scales": _read_json(os.path.join(d2_dir, "scales.json")),
         "paths": {},
     }
     if args.save_resized:

@@ -1,7 +1,7 @@
 """parity.weights: reproducible per-tensor draws and the scaling rules of its docstring."""
 import numpy as np
 
-from parity.weights import BN_EPS, RESIDUAL_GAIN, generate_d2_weights
+from parity.weights import BN_EPS, RESIDUAL_GAIN, calibration_scales, generate_d2_weights
 
 SHAPES = {
     "backbone.bottom_up.stem.conv1.weight": [64, 3, 7, 7],
@@ -61,3 +61,24 @@ def test_norms_are_near_identity_and_residual_branches_damped():
     assert last.max() <= 1.2 * RESIDUAL_GAIN + 1e-6
     assert w["backbone.bottom_up.res2.1.conv2.norm.weight"].max() <= 1.2 * RESIDUAL_GAIN + 1e-6
     assert w["backbone.bottom_up.res2.0.conv2.norm.weight"].min() >= 0.8 - 1e-6
+
+
+def test_calibration_scales_bring_outputs_to_their_targets():
+    shapes = {"roi_heads.box_predictor.cls_score.weight": [81, 1024],
+              "roi_heads.box_predictor.cls_score.bias": [81],
+              "roi_heads.box_predictor.0.bbox_pred.weight": [4, 1024],
+              "roi_heads.mask_head.predictor.weight": [80, 256, 1, 1],
+              "backbone.fpn_lateral2.weight": [256, 256, 1, 1]}
+    rms = {"roi_heads.box_predictor.cls_score": 10.0,
+           "roi_heads.box_predictor.0.bbox_pred": 3.0}  # the mask head never ran
+    scales = calibration_scales(shapes, rms)
+    # targets 2.5 and 1.0, rounded to two significant digits
+    assert scales == {"roi_heads.box_predictor.cls_score.weight": 0.25,
+                      "roi_heads.box_predictor.0.bbox_pred.weight": 0.33}
+    plain = generate_d2_weights(shapes, seed=1)
+    scaled = generate_d2_weights(shapes, seed=1, scales=scales)
+    name = "roi_heads.box_predictor.cls_score.weight"
+    np.testing.assert_allclose(scaled[name], 0.25 * plain[name], rtol=1e-6)
+    for other in ("roi_heads.box_predictor.cls_score.bias", "backbone.fpn_lateral2.weight",
+                  "roi_heads.mask_head.predictor.weight"):
+        np.testing.assert_array_equal(scaled[other], plain[other])
