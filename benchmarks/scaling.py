@@ -70,6 +70,7 @@ class _NoHorovod:
 
     def __init__(self, hvd):
         self.Compression, self.Average = hvd.Compression, hvd.Average
+        self.rank = hvd.rank  # keys the step's random draws (tfmrcnn.modeling.sampling)
 
     @staticmethod
     def DistributedGradientTape(tape, **kwargs):  # noqa: N802 - horovod's name
