@@ -3,6 +3,7 @@ import pytest
 import yaml
 
 from d2_fakes import D2_BASE_FPN_YAML, write_d2_yaml
+from tfmrcnn.cli.convert import main as convert_main
 from tfmrcnn.converter.d2_config import D2ConfigError, cfg_from_d2_config, cfg_from_d2_dict
 
 
@@ -77,3 +78,36 @@ def test_mask_head_name_only_checked_with_masks():
     data["MODEL"]["MASK_ON"] = True
     with pytest.raises(D2ConfigError, match="ROI_MASK_HEAD.NAME"):
         cfg_from_d2_dict(data)
+
+
+def test_lazyconfig_python_file_is_refused_by_name(tmp_path, capsys):
+    """detectron2's LazyConfig models (the model zoo's *.py) are Python programs, not yaml."""
+    lazy = tmp_path / "mask_rcnn_R_50_FPN_1x.py"
+    lazy.write_text("from ..common.models.mask_rcnn_fpn import model\n"
+                    "model.backbone.bottom_up.freeze_at = 2\n")
+    with pytest.raises(D2ConfigError, match="LazyConfig") as err:
+        cfg_from_d2_config(str(lazy))
+    assert str(lazy) in str(err.value) and "not supported" in str(err.value)
+    # tfmrcnn-convert says so before it fetches the model (the missing file is never opened)
+    assert convert_main([str(tmp_path / "missing.pkl"), "--d2-config", str(lazy)]) == 1
+    message = capsys.readouterr().err
+    assert "LazyConfig" in message and str(lazy) in message and "missing.pkl" not in message
+
+
+def test_all_refused_keys_are_named_at_once():
+    data = yaml.safe_load(D2_BASE_FPN_YAML)
+    data["MODEL"]["META_ARCHITECTURE"] = "PanopticFPN"
+    data["MODEL"]["RESNETS"]["DEFORM_ON_PER_STAGE"] = [False, True, True, True]
+    with pytest.raises(D2ConfigError) as err:
+        cfg_from_d2_dict(data)
+    assert "MODEL.META_ARCHITECTURE = 'PanopticFPN'" in str(err.value)
+    assert "MODEL.RESNETS.DEFORM_ON_PER_STAGE" in str(err.value)
+
+
+def test_detectron1_roialign_pooler_is_copied():
+    """ROIAlign (Detectron1's, aligned=False) is built by our poolers: mapped, not refused."""
+    data = yaml.safe_load(D2_BASE_FPN_YAML)
+    data["MODEL"]["ROI_BOX_HEAD"]["POOLER_TYPE"] = "ROIAlign"
+    cfg, _ = cfg_from_d2_dict(data)
+    assert cfg.MODEL.ROI_BOX_HEAD.POOLER_TYPE == "ROIAlign"
+    assert cfg.MODEL.ROI_MASK_HEAD.POOLER_TYPE == "ROIAlignV2"  # detectron2's default

@@ -7,7 +7,7 @@ import pytest
 import tensorflow as tf
 
 from custom_ops.reference.roi_align_numpy import roi_align_grad_np, roi_align_np
-from tfmrcnn.modeling.poolers import ROIPooler, assign_boxes_to_levels
+from tfmrcnn.modeling.poolers import ROIPooler, aligned_for_pooler_type, assign_boxes_to_levels
 
 FIXTURES = pathlib.Path(__file__).resolve().parents[1] / "fixtures" / "d2"
 
@@ -131,3 +131,28 @@ def test_pooler_rejects_bad_scales():
         ROIPooler(7, [1 / 4, 1 / 6])
     with pytest.raises(ValueError):
         ROIPooler(7, [1 / 4, 1 / 16])
+
+
+def test_detectron1_roialign_pooler_type_pools_without_the_half_pixel_shift():
+    """POOLER_TYPE ROIAlign (Detectron1's, the Detectron1-Comparisons zoo configs) is ROIAlign
+    with aligned=False; the ROI heads' poolers follow their config's POOLER_TYPE."""
+    from roi_heads_toy import STRIDES, small_cfg
+    from tfmrcnn.modeling.roi_heads import StandardROIHeads
+    assert aligned_for_pooler_type("ROIAlignV2") and not aligned_for_pooler_type("ROIAlign")
+    with pytest.raises(ValueError, match="MODEL.ROI_BOX_HEAD.POOLER_TYPE = 'ROIPool'"):
+        aligned_for_pooler_type("ROIPool", "MODEL.ROI_BOX_HEAD.POOLER_TYPE")
+    rng = np.random.default_rng(4)
+    feats, scales = _pyramid(rng)
+    boxes = _boxes(rng, 20)
+    indices = rng.integers(0, 2, 20).astype(np.int32)
+    out = ROIPooler(7, scales, sampling_ratio=2, aligned=False)(feats, boxes, indices).numpy()
+    levels = _levels_np(boxes, 2, 5)
+    for i in range(20):
+        lv = levels[i]
+        ref = roi_align_np(feats[lv], boxes[i:i + 1], indices[i:i + 1], (7, 7), scales[lv],
+                           sampling_ratio=2, aligned=False)
+        np.testing.assert_allclose(out[i], ref[0], atol=1e-4)
+    cfg = small_cfg()
+    cfg.MODEL.ROI_BOX_HEAD.POOLER_TYPE = "ROIAlign"
+    heads = StandardROIHeads(cfg, 8, STRIDES)
+    assert (heads.box_pooler.aligned, heads.mask_pooler.aligned) == (False, True)

@@ -76,6 +76,7 @@ def main(argv: Optional[List[str]] = None) -> int:
     # imported after parsing so that --help stays instant
     from tfmrcnn.config import ConfigError
     from tfmrcnn.converter.convert import ConversionError, convert_checkpoint, export_model_dir
+    from tfmrcnn.converter.d2_config import cfg_from_d2_config
     from tfmrcnn.converter.safe_pickle import UnsafePickleError
     from tfmrcnn.converter.zoo import ZooError, fetch
     from tfmrcnn.checkpoint.weights_io import WeightsError
@@ -83,6 +84,8 @@ def main(argv: Optional[List[str]] = None) -> int:
         if args.to_detectron2:
             export_model_dir(*args.to_detectron2)
             return 0
+        if args.d2_config:  # a config tfmrcnn cannot run fails before any download
+            cfg_from_d2_config(args.d2_config)
         local = fetch(args.model, log=_log, progress=_Progress())
         output = args.output or _default_output(args.model)
         convert_checkpoint(local, output, d2_config=args.d2_config)

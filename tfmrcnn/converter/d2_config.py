@@ -6,14 +6,16 @@ Convention: every leaf key of the detectron2 file falls in exactly one class:
   the same name; its value is copied (keys absent from the file take detectron2's default,
   which is not always tfmrcnn's, e.g. ``RPN.PRE_NMS_TOPK_TEST`` is 6000 in detectron2).
 - required: it selects an architecture variant; only the values tfmrcnn implements are
-  accepted (``PROPOSAL_GENERATOR.NAME: RRPN`` is an error naming the key). Those with several
-  accepted values (``ROI_HEADS.NAME``) are also copied into our tree (_SELECTED).
+  accepted (``PROPOSAL_GENERATOR.NAME: RRPN`` is an error naming the key; all refused keys of
+  a file are named in one error). Those with several accepted values (``ROI_HEADS.NAME``, the
+  ``POOLER_TYPE``s) are also copied into our tree (_SELECTED).
 - layout: which features the backbone outputs and the RPN / ROI heads read (_LAYOUTS): checked
   together against the combinations tfmrcnn builds (FPN, C4, ...) and copied.
 - ignored: it does not change inference (solver, datasets, training-only sampling/loss keys)
   or belongs to a module the required keys rule out (RetinaNet, keypoint head, ...).
 
-Any other key is an error naming it: an unknown key may change results.
+Any other key is an error naming it: an unknown key may change results. A LazyConfig ``.py``
+file is refused by name (`cfg_from_d2_config`).
 """
 from __future__ import annotations
 
@@ -86,7 +88,9 @@ MAPPED_KEYS = tuple(_MAPPED_DEFAULTS)
 # normalisation. A key whose check depends on another (the mask head name) is in _CONDITIONAL.
 REQUIRED_VALUES: Dict[str, Tuple[Any, List[Any], str]] = {
     "MODEL.META_ARCHITECTURE": ("GeneralizedRCNN", ["GeneralizedRCNN"],
-                                "only GeneralizedRCNN is implemented"),
+                                "only GeneralizedRCNN (Faster / Mask / Cascade R-CNN) is "
+                                "implemented, not RetinaNet, ProposalNetwork (an RPN alone) or "
+                                "PanopticFPN"),
     "MODEL.LOAD_PROPOSALS": (False, [False], "precomputed proposals are not supported"),
     "MODEL.KEYPOINT_ON": (False, [False], "the keypoint head is not implemented"),
     "MODEL.BACKBONE.NAME": ("build_resnet_backbone",
@@ -105,10 +109,11 @@ REQUIRED_VALUES: Dict[str, Tuple[Any, List[Any], str]] = {
                              "other ROI heads are not implemented"),
     "MODEL.ROI_BOX_HEAD.USE_SIGMOID_CE": (False, [False],
                                           "sigmoid class scores are not implemented"),
-    "MODEL.ROI_BOX_HEAD.POOLER_TYPE": ("ROIAlignV2", ["ROIAlignV2"],
-                                       "only ROIAlignV2 is implemented"),
-    "MODEL.ROI_MASK_HEAD.POOLER_TYPE": ("ROIAlignV2", ["ROIAlignV2"],
-                                        "only ROIAlignV2 is implemented"),
+    # ROIAlign: Detectron1's (aligned=False), in the Detectron1-Comparisons configs
+    "MODEL.ROI_BOX_HEAD.POOLER_TYPE": ("ROIAlignV2", ["ROIAlignV2", "ROIAlign"],
+                                       "only ROIAlignV2 and ROIAlign are implemented"),
+    "MODEL.ROI_MASK_HEAD.POOLER_TYPE": ("ROIAlignV2", ["ROIAlignV2", "ROIAlign"],
+                                        "only ROIAlignV2 and ROIAlign are implemented"),
     "TEST.AUG.ENABLED": (False, [False], "test-time augmentation is not implemented"),
 }
 _CONDITIONAL = {
@@ -184,7 +189,8 @@ def _check_layout(effective: Dict[str, Any], source: str) -> str:
 _SIZE_DIVISIBILITY = {"build_resnet_fpn_backbone": 32, "build_resnet_backbone": 1}
 
 # required keys whose value (one of the accepted) is copied into our tree, with the layout's
-_SELECTED = ("MODEL.BACKBONE.NAME", "MODEL.ROI_HEADS.NAME", *_LAYOUT_DEFAULTS)
+_SELECTED = ("MODEL.BACKBONE.NAME", "MODEL.ROI_HEADS.NAME", "MODEL.ROI_BOX_HEAD.POOLER_TYPE",
+             "MODEL.ROI_MASK_HEAD.POOLER_TYPE", *_LAYOUT_DEFAULTS)
 D2_DEFAULTS = {**_MAPPED_DEFAULTS, **_LAYOUT_DEFAULTS,
                **{k: v[0] for k, v in {**REQUIRED_VALUES, **_CONDITIONAL}.items()}}
 
@@ -256,12 +262,13 @@ def _is_ignored(key: str) -> bool:
     return any(key == p or (p.endswith(".") and key.startswith(p)) for p in _IGNORED)
 
 
-def _check_required(key, value, spec, source):
+def _unsupported(key, value, spec) -> List[str]:
+    """[why `key = value` is refused], or [] when the value is one of the accepted."""
     _, accepted, why = spec
-    if _normalise(value) not in [_normalise(a) for a in accepted]:
-        raise D2ConfigError(
-            f"{source}: {key} = {value!r} is not supported ({why}); accepted: "
-            + ", ".join(repr(a) for a in accepted))
+    if _normalise(value) in [_normalise(a) for a in accepted]:
+        return []
+    return [f"{key} = {value!r} is not supported ({why}); accepted: "
+            + ", ".join(repr(a) for a in accepted)]
 
 
 def _nest(flat: Dict[str, Any]) -> Dict[str, Any]:
@@ -288,13 +295,15 @@ def cfg_from_d2_dict(values: Dict[str, Any], source: str = "<dict>", base_cfg=No
         raise D2ConfigError(f"{source}: unknown detectron2 config key '{key}': tfmrcnn does not "
                             "know whether it changes the model's results")
     effective = {k: flat.get(k, D2_DEFAULTS[k]) for k in D2_DEFAULTS}
-    for key, spec in REQUIRED_VALUES.items():
-        _check_required(key, effective[key], spec, source)
-        if key in flat:
-            report.checked.append(key)
-    for key, spec in _CONDITIONAL.items():
-        if _conditional_applies(key, effective):
-            _check_required(key, effective[key], spec, source)
+    # every refused key at once (a panoptic dconv model is refused for both reasons)
+    refused = [reason for key, spec in REQUIRED_VALUES.items()
+               for reason in _unsupported(key, effective[key], spec)]
+    refused += [reason for key, spec in _CONDITIONAL.items()
+                if _conditional_applies(key, effective)
+                for reason in _unsupported(key, effective[key], spec)]
+    if refused:
+        raise D2ConfigError(f"{source}: " + "; ".join(refused))
+    report.checked = [key for key in REQUIRED_VALUES if key in flat]
     _check_layout(effective, source)
     mapped = {}
     for key in MAPPED_KEYS:
@@ -321,5 +330,13 @@ def cfg_from_d2_dict(values: Dict[str, Any], source: str = "<dict>", base_cfg=No
 
 
 def cfg_from_d2_config(path: str, base_cfg=None):
-    """(tfmrcnn cfg, D2ConfigReport) from a detectron2 yaml file (``_BASE_`` chain resolved)."""
+    """(tfmrcnn cfg, D2ConfigReport) from a detectron2 yaml file (``_BASE_`` chain resolved).
+
+    A ``.py`` file is refused by name before it is read: detectron2's LazyConfig configs (the
+    model zoo's ``*.py``, e.g. mask_rcnn_R_50_FPN_1x.py or the RegNet models) are Python
+    programs building the model from code, with no yaml keys to map."""
+    if str(path).endswith(".py"):
+        raise D2ConfigError(
+            f"{path}: a detectron2 LazyConfig Python program, not a yaml config; LazyConfig "
+            "(.py) models are not supported: pass the model's yaml config or its cfg.dump()")
     return cfg_from_d2_dict(load_yaml_with_base(path), source=str(path), base_cfg=base_cfg)

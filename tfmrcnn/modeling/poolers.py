@@ -1,4 +1,4 @@
-"""Multi-level ROI pooling over FPN maps (detectron2's ROIPooler with ROIAlignV2)."""
+"""Multi-level ROI pooling over FPN maps (detectron2's ROIPooler with ROIAlignV2 or ROIAlign)."""
 import math
 
 import tensorflow as tf
@@ -30,6 +30,20 @@ def assign_boxes_to_levels(boxes, min_level, max_level, canonical_box_size=224,
     level = tf.where(tf.math.is_finite(level), level, float(min_level))
     level = tf.clip_by_value(level, float(min_level), float(max_level))
     return tf.cast(level, tf.int32) - min_level
+
+
+# detectron2's ROIPooler pooler_type -> ROIAlign's `aligned`: ROIAlignV2 shifts box corners by
+# -0.5 pixel (sample centres on the pixel grid); ROIAlign is Detectron1's, without the shift and
+# with ROI sides clamped to >= 1 (the Detectron1-Comparisons configs use it).
+_ALIGNED_BY_POOLER_TYPE = {"ROIAlignV2": True, "ROIAlign": False}
+
+
+def aligned_for_pooler_type(pooler_type: str, key: str = "POOLER_TYPE") -> bool:
+    """ROIAlign's `aligned` for a config's POOLER_TYPE; ValueError naming `key` for others."""
+    if pooler_type not in _ALIGNED_BY_POOLER_TYPE:
+        raise ValueError(f"{key} = {pooler_type!r} is not supported; supported: "
+                         + ", ".join(_ALIGNED_BY_POOLER_TYPE))
+    return _ALIGNED_BY_POOLER_TYPE[pooler_type]
 
 
 class ROIPooler(tf.Module):

@@ -5,7 +5,7 @@ The box and mask heads share one per-ROI transform, the ResNet's fifth stage run
 regions (ResNet paper, appendix A):
 
     res4 (B, H/16, W/16, C)            one feature map, MODEL.ROI_HEADS.IN_FEATURES = [res4]
-      -> ROIAlignV2 R x R              ROI_BOX_HEAD.POOLER_{RESOLUTION (14), SAMPLING_RATIO},
+      -> ROIAlignV2 R x R              ROI_BOX_HEAD.POOLER_{RESOLUTION (14), SAMPLING_RATIO, TYPE},
                                        scale 1 / stride; ROI_MASK_HEAD's pooler keys are unused
       -> res5: 3 bottleneck blocks     ``roi_heads.res5.{0,1,2}``, stride 2 in the first (in its
                                        1x1 or 3x3 conv per RESNETS.STRIDE_IN_1X1), RESNETS.NORM,
@@ -36,7 +36,7 @@ import tensorflow as tf
 from tfmrcnn.modeling.backbone import BottleneckBlock, make_stage
 from tfmrcnn.modeling.fast_rcnn import FastRCNNOutputLayers, classification_metrics
 from tfmrcnn.modeling.mask_head import MaskRCNNConvUpsampleHead
-from tfmrcnn.modeling.poolers import ROIPooler
+from tfmrcnn.modeling.poolers import ROIPooler, aligned_for_pooler_type
 from tfmrcnn.modeling.roi_heads import (ROIHeads, add_detection_masks, flatten_rois,
                                         foreground_mask_loss, foreground_rows, pool_rois,
                                         sample_count_metrics)
@@ -76,10 +76,9 @@ class Res5ROIHeads(ROIHeads):
         if len(strides) != 1:
             raise ValueError("Res5ROIHeads pools one feature map: MODEL.ROI_HEADS.IN_FEATURES "
                              f"has {len(strides)}")
-        if bcfg.POOLER_TYPE != "ROIAlignV2":
-            raise ValueError(f"only ROIAlignV2 pooling is supported, got {bcfg.POOLER_TYPE!r}")
-        self.pooler = ROIPooler(bcfg.POOLER_RESOLUTION, [1.0 / strides[0]],
-                                bcfg.POOLER_SAMPLING_RATIO)
+        self.pooler = ROIPooler(
+            bcfg.POOLER_RESOLUTION, [1.0 / strides[0]], bcfg.POOLER_SAMPLING_RATIO,
+            aligned=aligned_for_pooler_type(bcfg.POOLER_TYPE, "MODEL.ROI_BOX_HEAD.POOLER_TYPE"))
         self.res5, out_channels = build_res5_head(cfg, winograd)
         if in_channels != out_channels // 2:
             raise ValueError(f"Res5ROIHeads: the pooled feature has {in_channels} channels, res5 "

@@ -24,7 +24,7 @@ from tfmrcnn.modeling.fast_rcnn import FastRCNNOutputLayers, classification_metr
 from tfmrcnn.modeling.mask_head import (MaskRCNNConvUpsampleHead, mask_rcnn_inference,
                                         mask_rcnn_loss, mask_rcnn_targets)
 from tfmrcnn.modeling.matcher import Matcher
-from tfmrcnn.modeling.poolers import ROIPooler
+from tfmrcnn.modeling.poolers import ROIPooler, aligned_for_pooler_type
 from tfmrcnn.modeling.sampling import ROISamples, sample_proposals
 
 # proposals covered at least this much by a crowd region are never background samples
@@ -188,16 +188,17 @@ class StandardROIHeads(ROIHeads):
                  winograd: bool = False):
         super().__init__(cfg, seed=seed)
         bcfg, mcfg = cfg.MODEL.ROI_BOX_HEAD, cfg.MODEL.ROI_MASK_HEAD
-        for pooler_type in (bcfg.POOLER_TYPE,) + ((mcfg.POOLER_TYPE,) if cfg.MODEL.MASK_ON else ()):
-            if pooler_type != "ROIAlignV2":
-                raise ValueError(f"only ROIAlignV2 pooling is supported, got {pooler_type!r}")
         scales = [1.0 / s for s in strides]
-        self.box_pooler = ROIPooler(bcfg.POOLER_RESOLUTION, scales, bcfg.POOLER_SAMPLING_RATIO)
+        self.box_pooler = ROIPooler(
+            bcfg.POOLER_RESOLUTION, scales, bcfg.POOLER_SAMPLING_RATIO,
+            aligned=aligned_for_pooler_type(bcfg.POOLER_TYPE, "MODEL.ROI_BOX_HEAD.POOLER_TYPE"))
         self._init_box_head(cfg, in_channels, winograd)
         self.mask_on = cfg.MODEL.MASK_ON
         if self.mask_on:
-            self.mask_pooler = ROIPooler(mcfg.POOLER_RESOLUTION, scales,
-                                         mcfg.POOLER_SAMPLING_RATIO)
+            self.mask_pooler = ROIPooler(
+                mcfg.POOLER_RESOLUTION, scales, mcfg.POOLER_SAMPLING_RATIO,
+                aligned=aligned_for_pooler_type(mcfg.POOLER_TYPE,
+                                                "MODEL.ROI_MASK_HEAD.POOLER_TYPE"))
             self.mask_head = MaskRCNNConvUpsampleHead(cfg, in_channels, winograd=winograd)
             self.mask_size = 2 * mcfg.POOLER_RESOLUTION
 
