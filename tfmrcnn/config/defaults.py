@@ -112,7 +112,9 @@ _C.MODEL.ROI_BOX_HEAD.BBOX_REG_WEIGHTS = (10.0, 10.0, 5.0, 5.0)  # (wx, wy, ww, 
 _C.MODEL.ROI_BOX_HEAD.SMOOTH_L1_BETA = 0.0  # smooth-L1 transition point; 0 = plain L1
 _C.MODEL.ROI_BOX_HEAD.POOLER_RESOLUTION = 7  # ROIAlign output side
 _C.MODEL.ROI_BOX_HEAD.POOLER_SAMPLING_RATIO = 0  # samples per bin per axis; 0 = adaptive
-_C.MODEL.ROI_BOX_HEAD.POOLER_TYPE = "ROIAlignV2"  # ROIAlignV2 = aligned (half-pixel) ROIAlign
+# ROIAlignV2: aligned (half-pixel) ROIAlign; ROIAlign: Detectron1's unaligned one
+# (modeling/poolers.aligned_for_pooler_type)
+_C.MODEL.ROI_BOX_HEAD.POOLER_TYPE = "ROIAlignV2"
 _C.MODEL.ROI_BOX_HEAD.NUM_FC = 2  # fully connected layers
 _C.MODEL.ROI_BOX_HEAD.FC_DIM = 1024  # width of the fc layers
 _C.MODEL.ROI_BOX_HEAD.NUM_CONV = 0  # 3x3 convs before the fcs
@@ -136,7 +138,7 @@ _C.MODEL.ROI_MASK_HEAD.CONV_DIM = 256  # width of those convs (and the deconv)
 _C.MODEL.ROI_MASK_HEAD.NORM = ""  # norm of those convs: "", GN, SyncBN
 _C.MODEL.ROI_MASK_HEAD.POOLER_RESOLUTION = 14  # ROIAlign output side (mask output is twice it)
 _C.MODEL.ROI_MASK_HEAD.POOLER_SAMPLING_RATIO = 0  # samples per bin per axis; 0 = adaptive
-_C.MODEL.ROI_MASK_HEAD.POOLER_TYPE = "ROIAlignV2"  # aligned (half-pixel) ROIAlign
+_C.MODEL.ROI_MASK_HEAD.POOLER_TYPE = "ROIAlignV2"  # as ROI_BOX_HEAD.POOLER_TYPE
 _C.MODEL.ROI_MASK_HEAD.CLS_AGNOSTIC_MASK = False  # one mask for all classes
 
 # ---------------------------------------------------------------------------- input
