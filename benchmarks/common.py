@@ -120,6 +120,14 @@ def current_rss_mb() -> float:
 ROW_MARKER = "BENCH_ROW "
 
 
+def worker_options(args):
+    """The options the driver gives every worker process, from its own `args`: at most 3 repeats
+    after at most 1 warm-up call (the first, tracing call of our inference workers comes before
+    these), and --quick."""
+    options = ["--repeats", str(min(args.repeats, 3)), "--warmup", str(min(args.warmup, 1))]
+    return options + (["--quick"] if getattr(args, "quick", False) else [])
+
+
 def add_worker_arguments(parser):
     """The options every worker process takes (problem size, repeats, threads)."""
     parser.add_argument("--quick", action="store_true", help="smoke-test sizes")

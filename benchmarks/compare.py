@@ -17,6 +17,9 @@ Model rows are paired only for the same architecture (the first word of our case
 reference / ours: above 1, ours takes less time (or memory). Only pairs measured in this run
 appear: machines differ from day to day, so a figure from another run or another machine is not
 compared with.
+
+Section `architectures` (benchmarks/architectures.py) prints instead `architecture_table`: the
+same pairing of end-to-end inference, one line per architecture of model.ARCHS.
 """
 from __future__ import annotations
 
@@ -79,6 +82,49 @@ def comparison_table(rows):
                       "reference": _label(ref), "reference value": theirs, "unit": unit,
                       "reference / ours": theirs / mine if mine else None})
     return table
+
+
+def architecture_table(rows):
+    """Section `architectures`' table: one line per architecture, ours s/image next to
+    detectron2's (end to end, fp32, batch 1), their ratio and each side's detections.
+
+    rows: the infer rows of both sides (section "model" for ours, "reference" for detectron2),
+    each tagged with its "architecture" label (benchmarks/architectures.py), in the order run.
+    Paired as comparison_table pairs them (same architecture and image size); an architecture
+    without its pair keeps its line, the missing side empty and the failures in its note.
+    """
+    pairs = {id(ours): ref for measure, ours, ref, _, _ in _model_pairs(rows)
+             if measure == "inference end to end"}
+    table = []
+    for arch in dict.fromkeys(r["architecture"] for r in rows):  # labels in the order run
+        mine = [r for r in rows if r["architecture"] == arch]
+        ours = _find(mine, "model", "end-to-end")
+        ref = pairs.get(id(ours)) if ours else None
+        seconds = (ours or {}).get("seconds"), (ref or {}).get("seconds")
+        failures = ["%s %s: %s" % (r["section"], r["stage"], r.get("note", ""))
+                    for r in mine if r.get("stage") == "FAILED"]
+        table.append({
+            "architecture": arch, "image": _image_size(ours["case"]) if ours else None,
+            "ours s/image": seconds[0], "detectron2 s/image": seconds[1],
+            "detectron2 / ours": seconds[1] / seconds[0] if None not in seconds else None,
+            "detections ours / detectron2": "%s / %s" % (_detections(mine, ours),
+                                                          _detections(mine, ref)),
+            "note": "; ".join(failures) or None})
+    return table
+
+
+def _find(rows, section, stage):
+    """The first row of `section` at `stage` (None if none)."""
+    return next((r for r in rows if r.get("section") == section and r.get("stage") == stage),
+                None)
+
+
+def _detections(rows, end_to_end):
+    """The detection count of the worker of row `end_to_end`, from the note of its paste row
+    ("100 dets"); "-" without one."""
+    paste = next((r for r in rows if end_to_end and r.get("stage") == "paste"
+                  and r.get("case") == end_to_end["case"]), None)
+    return paste["note"].split(" dets")[0] if paste and paste.get("note") else "-"
 
 
 def _label(row):

@@ -17,7 +17,9 @@ all threads, the steadier number on a shared machine):
          bfloat16 step for train --case r50. With --direct (also run by the driver): fp32
          with MODEL.WINOGRAD off, i.e. every conv through tf.nn.conv2d (oneDNN's direct kernels).
          With --arch x101 (also run by the driver, fp32): configs/mask_rcnn_X_101_32x8d_FPN_3x
-         (ResNeXt-101 32x8d: grouped 3x3 convs, one dense conv per group on CPU).
+         (ResNeXt-101 32x8d: grouped 3x3 convs, one dense conv per group on CPU). Every --arch
+         (ARCHS: R50/R101/X101-FPN, cascade, C4, DC5, Faster R-CNN) is run by section
+         `architectures` (benchmarks/architectures.py).
   train  one training step (forward, backward, SGD update) at batch 1, 800x1333, R50-FPN
          defaults (FREEZE_AT 2, 512 ROIs/image), 10 GT instances; and the shapes demo config
          (configs/shapes_demo_cpu.yaml, R18-half, GN) at batch 1 and 2 at its image size
@@ -38,10 +40,18 @@ from benchmarks.common import (DEMO_HW, FULL_HW, QUICK_HW, ROOT, current_rss_mb,
                                synthetic_batch)
 
 DEMO_CONFIG = os.path.join(ROOT, "configs", "shapes_demo_cpu.yaml")
-# infer --arch: (config file or None for the defaults = R50-FPN, case label); the label is also
-# detectron2's (benchmarks/torch_reference.py), which pairs the rows (benchmarks/compare.py)
-ARCHS = {"r50": (None, "R50-FPN"),
-         "x101": (os.path.join(ROOT, "configs", "mask_rcnn_X_101_32x8d_FPN_3x.yaml"), "X101-FPN")}
+# infer --arch: (our config file, case label). The keys and labels are also those of detectron2's
+# ARCHS (benchmarks/torch_reference.py), whose model-zoo yaml has the same file name: the label,
+# one word, pairs the rows (benchmarks/compare.py). Section `architectures` runs them all.
+ARCHS = {"r50": (os.path.join(ROOT, "configs", "mask_rcnn_R_50_FPN_1x.yaml"), "R50-FPN"),
+         "r101": (os.path.join(ROOT, "configs", "mask_rcnn_R_101_FPN_3x.yaml"), "R101-FPN"),
+         "x101": (os.path.join(ROOT, "configs", "mask_rcnn_X_101_32x8d_FPN_3x.yaml"), "X101-FPN"),
+         "cascade": (os.path.join(ROOT, "configs", "cascade_mask_rcnn_R_50_FPN_1x.yaml"),
+                     "Cascade-R50-FPN"),
+         "c4": (os.path.join(ROOT, "configs", "mask_rcnn_R_50_C4_1x.yaml"), "R50-C4"),
+         "dc5": (os.path.join(ROOT, "configs", "mask_rcnn_R_50_DC5_3x.yaml"), "R50-DC5"),
+         "faster": (os.path.join(ROOT, "configs", "faster_rcnn_R_50_FPN_1x.yaml"),
+                    "Faster-R50-FPN")}
 
 
 # ---------------------------------------------------------------------- helpers (also used by
@@ -321,11 +331,14 @@ def run_worker(extra, timeout=1800):
                              env=common.worker_env(TF_CPP_MIN_LOG_LEVEL="2"), timeout=timeout)
 
 
+def run_infer(arch, args):
+    """The rows of group infer (fp32) of ARCHS[arch] with the driver's worker options."""
+    return run_worker(["--worker", "infer", "--arch", arch] + common.worker_options(args))
+
+
 def run(args):
     """The driver's entry point (python -m benchmarks model [--quick] [--repeats N])."""
-    common = ["--repeats", str(min(args.repeats, 3)), "--warmup", str(min(args.warmup, 1))]
-    if args.quick:
-        common.append("--quick")
+    options = common.worker_options(args)
     # fp32 with and without Winograd, and the bfloat16 modes (TEST.BF16_INFERENCE, AMP bf16
     # training) side by side
     groups = [["--worker", "infer"], ["--worker", "infer", "--direct"],
@@ -336,7 +349,7 @@ def run(args):
               ["--worker", "train", "--case", "demo"], ["--worker", "memory"]]
     rows = []
     for g in groups:
-        rows += run_worker(g + common)
+        rows += run_worker(g + options)
     return rows
 
 

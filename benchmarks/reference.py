@@ -20,7 +20,7 @@ and the driver prints no comparison.
 import os
 import sys
 
-from benchmarks.common import ROOT, module_command, run_worker, worker_env
+from benchmarks.common import ROOT, module_command, run_worker, worker_env, worker_options
 
 GROUPS = ("roi_align", "infer", "train")
 
@@ -32,9 +32,13 @@ def reference_python():
     return path if os.path.exists(path) else None
 
 
-def run_group(python, group, repeats, warmup, quick, extra=()):
-    cmd = module_command("torch_reference", "--group", group, "--repeats", repeats,
-                         "--warmup", warmup, *(["--quick"] if quick else []), *extra,
+NOT_MEASURED = ("not measured: no PyTorch environment (run `bash scripts/setup_reference.sh` or "
+                "set TFMRCNN_REFERENCE_PYTHON)")
+
+
+def run_group(python, group, args, extra=()):
+    """The rows of one worker group, with the same worker options as the model section's."""
+    cmd = module_command("torch_reference", "--group", group, *worker_options(args), *extra,
                          python=python)
     return run_worker(cmd, group, env=worker_env(PYTHONWARNINGS="ignore"))
 
@@ -42,15 +46,11 @@ def run_group(python, group, repeats, warmup, quick, extra=()):
 def run(args):
     python = reference_python()
     if python is None:
-        return [{"group": "reference", "note": "not measured: no PyTorch environment (run "
-                 "`bash scripts/setup_reference.sh` or set TFMRCNN_REFERENCE_PYTHON)"}]
-    # the same repeats as the model section's workers
-    repeats, warmup = min(args.repeats, 3), min(args.warmup, 1)
+        return [{"group": "reference", "note": NOT_MEASURED}]
     rows = []
-    quick = getattr(args, "quick", False)
     for group in GROUPS:
-        rows += run_group(python, group, repeats, warmup, quick)
-    rows += run_group(python, "infer", repeats, warmup, quick, extra=("--arch", "x101"))
+        rows += run_group(python, group, args)
+    rows += run_group(python, "infer", args, extra=("--arch", "x101"))
     return rows
 
 

@@ -10,8 +10,8 @@ modules: benchmarks/__init__.py (a docstring) and benchmarks/common.py; keep it 
 (benchmarks/tests/test_sections.py checks it). Each group prints rows ``BENCH_ROW {json}``, like
 benchmarks/model.py's workers:
 
-  infer      detectron2 mask_rcnn_R_50_FPN_1x (80 classes; --arch x101:
-             mask_rcnn_X_101_32x8d_FPN_3x), one 800x1333 image: stages
+  infer      detectron2 mask_rcnn_R_50_FPN_1x (80 classes; --arch: another model-zoo config
+             of ARCHS, e.g. x101: mask_rcnn_X_101_32x8d_FPN_3x), one 800x1333 image: stages
              backbone+fpn (normalise + pad + ResNet + FPN) / rpn / roi_heads / paste
              (detector_postprocess: rescale + paste 100 masks) and end to end (model(inputs));
              and (R50) torchvision's maskrcnn_resnet50_fpn end to end on the same image.
@@ -47,9 +47,15 @@ def _versions():
 
 
 # ---------------------------------------------------------------------- detectron2
-# --arch: (model-zoo config, case label); the labels are those of benchmarks/model.py's ARCHS
+# --arch: (model-zoo config, case label); the keys and labels are those of benchmarks/model.py's
+# ARCHS, whose config files have the zoo yaml's file name (benchmarks/tests/test_architectures.py)
 ARCHS = {"r50": ("COCO-InstanceSegmentation/mask_rcnn_R_50_FPN_1x.yaml", "R50-FPN"),
-         "x101": ("COCO-InstanceSegmentation/mask_rcnn_X_101_32x8d_FPN_3x.yaml", "X101-FPN")}
+         "r101": ("COCO-InstanceSegmentation/mask_rcnn_R_101_FPN_3x.yaml", "R101-FPN"),
+         "x101": ("COCO-InstanceSegmentation/mask_rcnn_X_101_32x8d_FPN_3x.yaml", "X101-FPN"),
+         "cascade": ("Misc/cascade_mask_rcnn_R_50_FPN_1x.yaml", "Cascade-R50-FPN"),
+         "c4": ("COCO-InstanceSegmentation/mask_rcnn_R_50_C4_1x.yaml", "R50-C4"),
+         "dc5": ("COCO-InstanceSegmentation/mask_rcnn_R_50_DC5_3x.yaml", "R50-DC5"),
+         "faster": ("COCO-Detection/faster_rcnn_R_50_FPN_1x.yaml", "Faster-R50-FPN")}
 
 
 def d2_model(arch: str = "r50"):
