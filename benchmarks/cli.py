@@ -7,7 +7,8 @@ rows``; a row is a dict {column: value} (str, int or float; floats print with 4 
 digits) and the driver prints all rows of all sections as one table, prefixed by the section
 name, under two header lines: the time, host, load average, TensorFlow version and thread
 settings; and the machine (benchmarks/machine.py: CPU model, ISA extensions, allocator, cores).
-No section given = all of them.
+No section given = all of them but those of ON_REQUEST (architectures: ours next to
+detectron2 per architecture, benchmarks/architectures.py).
 
 Sections time their work with ``args.time(fn)``: it calls fn() ``args.warmup`` times, then
 ``args.repeats`` times, waits for any returned tensors, and returns the median time in seconds:
@@ -31,8 +32,12 @@ from benchmarks.common import time_calls
 from benchmarks.compare import comparison_table
 
 # the modules of benchmarks/ that are sections, in the order they run
-SECTIONS = ("allocator", "conv3x3", "input_pipeline", "model", "paste", "reference", "roi_align",
-            "scaling")
+SECTIONS = ("allocator", "architectures", "conv3x3", "input_pipeline", "model", "paste",
+            "reference", "roi_align", "scaling", "small_images")
+# sections run only when named: `architectures` repeats the model and reference sections' R50
+# and X101 inference among its seven architectures, and takes about as long as the rest together
+ON_REQUEST = ("architectures",)
+DEFAULT_SECTIONS = tuple(s for s in SECTIONS if s not in ON_REQUEST)
 
 
 def load_section(name):
@@ -90,7 +95,8 @@ def header():
 
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("sections", nargs="*", help="default: all of %s" % ", ".join(SECTIONS))
+    parser.add_argument("sections", nargs="*", help="default: all of %s; on request: %s" % (
+        ", ".join(DEFAULT_SECTIONS), ", ".join(ON_REQUEST)))
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--warmup", type=int, default=2)
     parser.add_argument("--clock", choices=sorted(CLOCKS), default="wall",
@@ -109,7 +115,7 @@ def main(argv=None):
     tf.get_logger().setLevel("ERROR")  # sections build many tf.functions: no retracing notes
     args.time = lambda fn: median_time(fn, args.repeats, args.warmup, args.clock)
     rows = []
-    for name in args.sections or SECTIONS:
+    for name in args.sections or DEFAULT_SECTIONS:
         for row in load_section(name).run(args):
             rows.append(dict(section=name, **row))
     print(header())
