@@ -48,3 +48,33 @@ def test_window_counts_edge_cases():
     mask[3, 2] = False
     assert window_rle_counts(mask, (0, 0, 3, 4)) == [4, 7, 1]
     assert encode_masks(np.zeros((0, 4, 3), bool)) == []
+
+
+def test_counts_of_many_windows_at_once_equal_pycocotools_mask_by_mask():
+    """One NumPy pass over all windows: empty windows between others, masks ending with a one,
+    runs joined across full-height columns, any pattern inside a window."""
+    rng = np.random.default_rng(3)
+    h, w = 23, 17
+    windows = np.array([[0, 0, w, h],          # full image, ends with a one
+                        [5, 5, 5, 9],          # empty window (no columns)
+                        [2, 3, 9, 3],          # empty window (no rows)
+                        [0, 0, w, h],          # full image, all ones
+                        [3, 0, 11, h],         # full-height columns: runs join
+                        [4, 6, 12, 20],
+                        [16, 22, 17, 23],      # the last pixel only
+                        [0, 0, 0, 0]])
+    masks = np.zeros((len(windows), h, w), bool)
+    for k, (x0, y0, x1, y1) in enumerate(windows):
+        masks[k, y0:y1, x0:x1] = rng.uniform(size=(y1 - y0, x1 - x0)) < 0.5
+    masks[0, -1, -1] = True
+    masks[3] = True
+    masks[4, :, 5:8] = True
+    masks[6, -1, -1] = True
+    counts = rle_module.windowed_rle_counts(masks, windows)
+    encoded = rle_module.encode_windowed(masks, windows)
+    for k in range(len(masks)):
+        np.testing.assert_array_equal(_decode_counts(counts[k]), masks[k].T.reshape(-1))
+        assert counts[k] == window_rle_counts(masks[k], windows[k]), k
+        reference = mask_util.encode(np.asfortranarray(masks[k].astype(np.uint8)))
+        assert encoded[k] == reference, k
+    assert rle_module.encode_windowed(np.zeros((0, h, w), bool), np.zeros((0, 4), int)) == []

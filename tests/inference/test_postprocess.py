@@ -61,10 +61,28 @@ def test_masks_are_pasted_at_original_resolution_with_rescaled_boxes():
     # column-major per mask (what the RLE encoder reads) and empty outside the paste windows
     assert res["masks"].transpose(0, 2, 1).flags.c_contiguous
     windows = paste_windows(res["boxes"], (45, 128)).numpy()
+    np.testing.assert_array_equal(res["mask_windows"], windows)   # returned for RLE encoding
     for mask, (x0, y0, x1, y1) in zip(res["masks"], windows):
         outside = mask.copy()
         outside[y0:y1, x0:x1] = False
         assert not outside.any() and mask[y0:y1, x0:x1].any()
+
+
+def test_new_image_sizes_and_detection_counts_do_not_retrace():
+    """Eval on images of many sizes: one trace of the post-processing functions serves all."""
+    from tfmrcnn.inference import postprocess
+
+    outputs = _outputs(seed=4, batch=1, dets=6)
+    detector_postprocess(outputs, (90, 96), (45, 128))
+    detector_postprocess({k: v for k, v in outputs.items() if k != "masks"}, (90, 96), (45, 128))
+    traces = (postprocess._masks_fn.experimental_get_tracing_count(),
+              postprocess._boxes_fn.experimental_get_tracing_count())
+    for (resized, original), dets in zip((((64, 96), (200, 300)), ((96, 64), (31, 17))), (2, 5)):
+        cut = dict(outputs, num_detections=np.array([dets], np.int32))
+        detector_postprocess(cut, resized, original)
+        detector_postprocess({k: v for k, v in cut.items() if k != "masks"}, resized, original)
+    assert (postprocess._masks_fn.experimental_get_tracing_count(),
+            postprocess._boxes_fn.experimental_get_tracing_count()) == traces
 
 
 def test_no_detections_and_no_masks():

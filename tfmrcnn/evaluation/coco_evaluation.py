@@ -57,7 +57,8 @@ def instances_to_coco_json(instances, image_id, label_to_category_id):
     Args:
         instances: dict with boxes (D, 4) xyxy original pixels, scores (D,), classes (D,)
             contiguous labels, optional masks (D, H, W) bool pasted into those boxes (from
-            `detector_postprocess`: only the boxes' paste windows are read when encoding).
+            `detector_postprocess`: only the boxes' paste windows are read when encoding; its
+            mask_windows (D, 4) are those windows, computed here when absent).
         image_id: the dataset's image id.
         label_to_category_id: sequence or dict, contiguous label -> dataset category id.
     """
@@ -70,7 +71,9 @@ def instances_to_coco_json(instances, image_id, label_to_category_id):
     classes = np.asarray(instances["classes"]).astype(np.int64).tolist()
     rles = None
     if instances.get("masks") is not None:
-        rles = encode_pasted_masks(instances["masks"], boxes)
+        windows = instances.get("mask_windows")
+        rles = (encode_pasted_masks(instances["masks"], boxes) if windows is None
+                else encode_masks(instances["masks"], windows))
     results = []
     for k, box in enumerate(xywh.tolist()):
         result = {"image_id": image_id, "category_id": int(label_to_category_id[classes[k]]),

@@ -16,7 +16,8 @@ from __future__ import annotations
 import numpy as np
 import pycocotools.mask as mask_util
 
-__all__ = ["encode_masks", "encode_pasted_masks", "encode_windowed", "window_rle_counts"]
+__all__ = ["encode_masks", "encode_pasted_masks", "encode_windowed", "window_rle_counts",
+           "windowed_rle_counts"]
 
 _WINDOWED_MAX_FRACTION = 0.05
 
@@ -30,34 +31,65 @@ def window_rle_counts(mask, window):
     Returns:
         list of int counts (pycocotools' rleEncode of the full mask).
     """
-    height, width = mask.shape
-    x0, y0, x1, y1 = (int(v) for v in window)
+    mask = np.asarray(mask)
+    return windowed_rle_counts(mask[None], np.asarray(window).reshape(1, 4))[0]
+
+
+def windowed_rle_counts(masks, windows):
+    """`window_rle_counts` of D masks at once: one NumPy pass over all windows' pixels.
+
+    Args:
+        masks: (D, H, W) bool, mask k all False outside windows[k].
+        windows: (D, 4) ints x0, y0, x1, y1.
+    Returns:
+        D lists of int counts.
+    """
+    masks = np.asarray(masks)
+    height, width = masks.shape[1:]
     total = height * width
-    if x1 <= x0 or y1 <= y0:
-        return [total]
-    # (w, h + 2) int8: each window column padded with a zero above and below, so that every
-    # run of ones has a +1 at its first row and a -1 one past its last row
-    padded = np.zeros((x1 - x0, y1 - y0 + 2), np.int8)
-    padded[:, 1:-1] = mask[y0:y1, x0:x1].T
-    # nonzero walks column by column, so starts and ends alternate
-    cols, rows = np.nonzero(np.diff(padded, axis=1))
-    bounds = (cols + x0).astype(np.int64) * height + rows + y0   # flat column-major positions
+    x0, y0, x1, y1 = np.asarray(windows, np.int64).reshape(-1, 4).T
+    cols, rows = np.maximum(x1 - x0, 0), np.maximum(y1 - y0, 0)
+    cols = np.where(rows > 0, cols, 0)                  # an empty window reads nothing
+    # every window column-major, each column padded with a zero above and below, windows one
+    # after another: a run of ones has a +1 at its first row and a -1 one past its last row,
+    # and no difference crosses a column or a window (zeros on both sides)
+    starts = np.concatenate([[0], np.cumsum(cols * (rows + 2))])           # (D + 1,)
+    flat = np.zeros(starts[-1], np.int8)
+    for k in np.flatnonzero(cols).tolist():            # one slice copy per mask
+        flat[starts[k]:starts[k + 1]].reshape(cols[k], rows[k] + 2)[:, 1:-1] = \
+            masks[k, y0[k]:y1[k], x0[k]:x1[k]].T
+    pos = np.flatnonzero(np.diff(flat))                # ascending: starts and ends alternate
+    owner = np.searchsorted(starts, pos, side="right") - 1                 # mask of each
+    col, row = np.divmod(pos - starts[owner], rows[owner] + 2)
+    bounds = (col + x0[owner]) * height + row + y0[owner]  # flat column-major positions
     # a run reaching the bottom of a full-height column continues at the top of the next one
-    joined = np.nonzero(bounds[1:-1:2] == bounds[2::2])[0] * 2 + 1
+    # (each mask has an even number of bounds: parities are the same in each mask and overall)
+    joined = np.flatnonzero((bounds[1:-1:2] == bounds[2::2])
+                            & (owner[1:-1:2] == owner[2::2])) * 2 + 1
     if len(joined):
-        bounds = np.delete(bounds, np.concatenate([joined, joined + 1]))
-    counts = np.diff(np.concatenate([[0], bounds, [total]]))
-    if len(bounds) and bounds[-1] == total:
-        counts = counts[:-1]                               # mask ends with a one: no final zeros
-    return counts.tolist()
+        keep = np.ones(len(bounds), bool)
+        keep[joined] = keep[joined + 1] = False
+        bounds, owner = bounds[keep], owner[keep]
+    # counts of mask k: differences of [0, its bounds..., total]
+    per_mask = np.bincount(owner, minlength=len(cols))
+    ext = np.concatenate([[0], np.cumsum(per_mask + 2)])                  # (D + 1,)
+    extended = np.zeros(ext[-1], np.int64)
+    extended[ext[1:] - 1] = total
+    first = np.concatenate([[0], np.cumsum(per_mask)])[:-1]
+    extended[ext[owner] + 1 + np.arange(len(bounds)) - first[owner]] = bounds
+    counts = np.diff(extended).tolist()
+    # a mask ending with a one has no final run of zeros: its last difference is dropped
+    ends = (ext[1:] - 1 - ((per_mask > 0) & (extended[ext[1:] - 2] == total))).tolist()
+    return [counts[lo:hi] for lo, hi in zip(ext[:-1].tolist(), ends)]
 
 
 def encode_windowed(masks, windows):
     """Compressed RLE dicts (bytes counts) of (D, H, W) bool masks, reading only the windows."""
     height, width = masks.shape[1:]
-    return [mask_util.frPyObjects({"size": [height, width], "counts": window_rle_counts(m, w)},
-                                  height, width)
-            for m, w in zip(masks, np.asarray(windows).reshape(-1, 4))]
+    if len(masks) == 0:
+        return []
+    return mask_util.frPyObjects([{"size": [height, width], "counts": c}
+                                  for c in windowed_rle_counts(masks, windows)], height, width)
 
 
 def encode_masks(masks, windows=None):

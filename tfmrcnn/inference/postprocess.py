@@ -133,7 +133,9 @@ def detector_postprocess(outputs, resized_hw, original_hw, mask_threshold=0.5):
     Returns:
         dict: boxes (D', 4) float32 xyxy in original pixels, scores (D',) float32,
         classes (D',) int32 and, when masks were given, masks (D', H, W) bool (column-major per
-        mask: the transposed view of a (D', W, H) array, as `paste.unpack_masks` makes it).
+        mask: the transposed view of a (D', W, H) array, as `paste.unpack_masks` makes it) and
+        mask_windows (D', 4) int32 x0, y0, x1, y1: `paste.paste_windows` of the boxes, outside
+        which each mask is empty (what RLE encoding reads: `tfmrcnn.evaluation.rle`).
     """
     if _to_numpy(outputs["boxes"]).ndim == 3:
         (outputs,) = unbatch_outputs(outputs)
@@ -148,5 +150,6 @@ def detector_postprocess(outputs, resized_hw, original_hw, mask_threshold=0.5):
     masks = _to_numpy(outputs["masks"]).astype(np.float32)
     boxes, scores, classes, windows, packed = _masks_fn(*inputs, masks, *sizes,
                                                         np.float32(mask_threshold))
+    windows = windows.numpy()
     return {"boxes": boxes.numpy(), "scores": scores.numpy(), "classes": classes.numpy(),
-            "masks": unpack_masks(windows.numpy(), packed.numpy(), sizes[1])}
+            "masks": unpack_masks(windows, packed.numpy(), sizes[1]), "mask_windows": windows}
