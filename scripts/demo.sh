@@ -12,8 +12,12 @@ export TF_CPP_MIN_LOG_LEVEL=2 PYTHONUNBUFFERED=1
 # malloc costs ~40 % of the training time in page faults (tfmrcnn/utils/launch.py)
 eval "$(.venv/bin/python -m tfmrcnn.utils.launch env)"
 NP="${NP:-2}"
+# CONFIG=configs/shapes_demo_cascade_cpu.yaml OUT=output/shapes_demo_cascade: the same demo with
+# Cascade R-CNN heads
+CONFIG="${CONFIG:-configs/shapes_demo_cpu.yaml}"
+OUT="${OUT:-output/shapes_demo}"
 # one intra-op thread per process: 2 processes x 1 thread fill the 2 cores without contention
 .venv/bin/horovodrun -np "$NP" -H "localhost:$NP" --gloo \
-  .venv/bin/tfmrcnn-train --config-file configs/shapes_demo_cpu.yaml --no-resume \
-  OUTPUT_DIR=output/shapes_demo TRAINER.NUM_THREADS=1 "$@"
-echo "[demo] pictures: output/shapes_demo/vis/   metrics: output/shapes_demo/inference/shapes_val/metrics.json"
+  .venv/bin/tfmrcnn-train --config-file "$CONFIG" --no-resume \
+  OUTPUT_DIR="$OUT" TRAINER.NUM_THREADS=1 "$@"
+echo "[demo] pictures: $OUT/vis/   metrics: $OUT/inference/shapes_val/metrics.json"
