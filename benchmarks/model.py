@@ -150,15 +150,17 @@ def make_train_step(model, cfg, spec, lr: float = 1e-4):
 
 def inference_stages(model):
     """The inference split into three compiled functions with fixed signatures:
-    backbone(images, sizes) -> [p2..p6]; rpn(features, sizes) -> (proposals, valid);
-    heads(features, proposals, valid, sizes) -> detections. Together they are model.inference."""
+    backbone(images, sizes) -> the features the heads read (FPN: [p2..p6]; C4: [res4]; DC5:
+    [res5]); rpn(features, sizes) -> (proposals, valid); heads(features, proposals, valid,
+    sizes) -> detections. Together they are model.inference."""
     import tensorflow as tf
+    from tfmrcnn.modeling.meta_arch import feature_channels
     dt = model.test_dtype
-    names = model.backbone.output_names
-    chans = model.backbone.out_channels
+    names = list(dict.fromkeys(model.rpn_in_features + model.roi_in_features))
     img = tf.TensorSpec([None, None, None, 3], tf.float32)
     sizes = tf.TensorSpec([None, 2], tf.int32)
-    feat_specs = [tf.TensorSpec([None, None, None, chans], dt) for _ in names]
+    feat_specs = [tf.TensorSpec([None, None, None, feature_channels(model.backbone, [n], n)], dt)
+                  for n in names]
 
     @tf.function(input_signature=[img, sizes], autograph=False)
     def backbone(images, image_sizes):
