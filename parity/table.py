@@ -18,7 +18,8 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 def _short(config: str) -> str:
-    return os.path.splitext(os.path.basename(config))[0]
+    """The config's zoo name without .yaml (folder kept: LVIS and COCO share file names)."""
+    return os.path.splitext(config)[0]
 
 
 def row(report: Dict) -> str:

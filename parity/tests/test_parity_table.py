@@ -30,6 +30,6 @@ def test_rows_show_the_worst_path_and_the_newest_report(tmp_path):
         files.append(str(path))
     lines = table(files).splitlines()
     assert len(lines) == 4  # header, separator, one row per config
-    assert lines[2] == "| f | 2 | eval | 100 / 100 | 100.00 % | - | 50.00 | 0.00 |"
-    assert lines[3] == ("| x | 2 | eval, predict | 100 / 99 | 99.00 % | 0.9950 / 0.895 | "
+    assert lines[2] == "| COCO-Detection/f | 2 | eval | 100 / 100 | 100.00 % | - | 50.00 | 0.00 |"
+    assert lines[3] == ("| Misc/x | 2 | eval, predict | 100 / 99 | 99.00 % | 0.9950 / 0.895 | "
                         "50.00 / 55.00 | 0.25 / 0.50 |")
