@@ -90,16 +90,6 @@ def test_batched_nms_matches_detectron2(fixtures_dir):
     np.testing.assert_array_equal(keep.numpy(), d["keep"])
 
 
-def test_batched_nms_padded_matches_detectron2(fixtures_dir):
-    d = _load(fixtures_dir, "batched_nms.npz")
-    n = len(d["scores"])
-    keep, keep_valid = box_ops.batched_nms_padded(
-        d["boxes"][None], d["scores"][None], float(d["iou_threshold"]), n, idxs=d["classes"][None])
-    assert keep.shape == (1, n)
-    np.testing.assert_array_equal(keep.numpy()[0][keep_valid.numpy()[0]], d["keep"])
-    assert not keep.numpy()[0][~keep_valid.numpy()[0]].any()
-
-
 # ---------------------------------------------------------------- IoU / IoA / clip / nonempty
 def test_pairwise_iou_against_numpy():
     rng = np.random.RandomState(0)
@@ -229,7 +219,7 @@ def test_batched_nms_against_numpy_greedy():
     np.testing.assert_array_equal(capped, keep[:10])
 
 
-def test_batched_nms_padded_rows_with_validity_and_negative_coords():
+def test_nms_rows_with_validity_and_negative_coords():
     rng = np.random.RandomState(6)
     b, n, k = 3, 120, 40
     boxes = np.stack([random_boxes(rng, n, scale=50.0, min_size=2.0) for _ in range(b)])
@@ -237,7 +227,7 @@ def test_batched_nms_padded_rows_with_validity_and_negative_coords():
     scores = rng.uniform(size=(b, n)).astype(np.float32)
     valid = rng.uniform(size=(b, n)) > 0.3
     valid[1] = False  # a row with nothing valid
-    keep, keep_valid = box_ops.batched_nms_padded(boxes, scores, 0.7, k, valid=valid)
+    keep, keep_valid = box_ops.nms_rows(boxes, scores, valid, 0.7, k)
     assert keep.shape == (b, k) and keep_valid.shape == (b, k)
     for i in range(b):
         idx = np.nonzero(valid[i])[0]
@@ -245,29 +235,19 @@ def test_batched_nms_padded_rows_with_validity_and_negative_coords():
         got = keep.numpy()[i][keep_valid.numpy()[i]]
         np.testing.assert_array_equal(got, want)
         assert keep_valid.numpy()[i].sum() == len(want)
+        assert not keep.numpy()[i][~keep_valid.numpy()[i]].any()
 
 
-def test_batched_nms_padded_in_tf_function_with_unknown_shapes():
-    fn = tf.function(lambda bx, sc: box_ops.batched_nms_padded(bx, sc, 0.5, 8),
+def test_nms_rows_in_tf_function_with_unknown_shapes():
+    fn = tf.function(lambda bx, sc, v: box_ops.nms_rows(bx, sc, v, 0.5, 8),
                      input_signature=[tf.TensorSpec([None, None, 4], tf.float32),
-                                      tf.TensorSpec([None, None], tf.float32)])
+                                      tf.TensorSpec([None, None], tf.float32),
+                                      tf.TensorSpec([None, None], tf.bool)])
     rng = np.random.RandomState(7)
     for n in (5, 30):
         boxes = random_boxes(rng, n, min_size=2.0)[None]
         scores = rng.uniform(size=(1, n)).astype(np.float32)
-        keep, keep_valid = fn(boxes, scores)
+        keep, keep_valid = fn(boxes, scores, np.ones((1, n), bool))
         want = np_greedy_nms(boxes[0], scores[0], 0.5)[:8]
         np.testing.assert_array_equal(keep.numpy()[0][keep_valid.numpy()[0]], want)
     assert fn.experimental_get_tracing_count() == 1
-
-
-def test_batched_nms_padded_many_tiles_against_numpy_greedy():
-    # > 512 boxes per row: the padded op works in tiles of 512, suppression crosses tiles
-    rng = np.random.RandomState(8)
-    n = 1300
-    boxes = np.stack([random_boxes(rng, n, scale=200.0, min_size=5.0) for _ in range(2)])
-    scores = rng.uniform(size=(2, n)).astype(np.float32)
-    keep, keep_valid = box_ops.batched_nms_padded(boxes, scores, 0.6, 1000)
-    for i in range(2):
-        want = np_greedy_nms(boxes[i], scores[i], 0.6, iou=np_iou_vectorised(boxes[i], boxes[i]))
-        np.testing.assert_array_equal(keep.numpy()[i][keep_valid.numpy()[i]], want[:1000])

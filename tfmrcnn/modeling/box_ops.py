@@ -16,6 +16,7 @@ from __future__ import annotations
 import math
 from typing import Sequence, Tuple
 
+import numpy as np
 import tensorflow as tf
 
 # detectron2's default clamp for dw/dh: no box grows past 1000/16 times its reference size
@@ -153,68 +154,145 @@ def nonempty_mask(boxes, threshold: float = 0.0):
                           boxes[..., 3] - boxes[..., 1] > threshold)
 
 
-def _offset_by_group(boxes, idxs, valid=None):
-    """detectron2's coordinate trick: move each group so that boxes of different groups never
-    overlap; one class-agnostic NMS then equals a per-group NMS.
+# torchvision's batched_nms (CPU) switches from the coordinate trick to a loop over the groups
+# when boxes.numel() > 4000, i.e. for more than this many boxes
+TORCHVISION_TRICK_MAX_BOXES = 1000
 
-    boxes (..., N, 4), idxs (..., N) -> (..., N, 4). Boxes are first translated so their minimum
-    coordinate is 1 (IoU is translation invariant); the padded NMS treats all-zero boxes as
-    absent, so every real box must have a positive coordinate.
+
+def _nms_threshold(iou_threshold: float) -> np.float32:
+    """The float32 threshold t32 with ``iou > t32`` <=> ``iou > iou_threshold`` for float32 iou.
+
+    torchvision compares its float32 IoU with the threshold as a double; TensorFlow's NMS
+    kernels compare with the threshold cast to float32. Where the cast rounds up (0.6, 0.3) an
+    IoU equal to the rounded value is suppressed by torchvision but not by TF, so step one float
+    down there.
+    """
+    t32 = np.float32(iou_threshold)
+    if float(t32) > float(iou_threshold):
+        t32 = np.nextafter(t32, np.float32(-np.inf))
+    return t32
+
+
+def _nms(boxes, scores, max_output_size, iou_threshold: float, pad_to: bool = False):
+    """torchvision's CPU ``nms`` kernel, bit for bit, on (N, 4) xyxy boxes.
+
+    TensorFlow's NonMaxSuppressionV3/V4 CPU kernel computes the same float32 IoU (areas
+    ``(x1-x0)*(y1-y0)``, intersection ``max(0, w) * max(0, h)``, ``inter / (a_i + a_j - inter)``;
+    IoU is symmetric in x and y, so xyxy passes for its yxyx), walks the boxes by decreasing
+    score with ties broken by lower index (torchvision's stable sort) and suppresses at
+    ``iou > threshold``. Boxes with score -inf are never candidates (score_threshold -inf).
+    Returns the kept indices (K,) int32, or with pad_to, (max_output_size,) zero-padded and the
+    number of valid entries. Bit-exactness holds for the CPU kernels (detectron2's reference
+    runs on CPU); GPU NMS kernels, torchvision's and TF's, are other code.
+    """
+    thr = _nms_threshold(iou_threshold)
+    out = tf.raw_ops.NonMaxSuppressionV4(
+        boxes=boxes, scores=scores, max_output_size=max_output_size, iou_threshold=thr,
+        score_threshold=np.float32(-np.inf), pad_to_max_output_size=pad_to)
+    return out if pad_to else out[0]
+
+
+def _offset_by_group(boxes, idxs, valid=None):
+    """torchvision's coordinate trick, in its float32 arithmetic: ``boxes + idx * (max + 1)``.
+
+    boxes (..., N, 4) float32, idxs (..., N), valid (..., N) bool -> (..., N, 4). ``max`` is the
+    largest coordinate of the valid boxes of each row. Groups then lie in disjoint ranges, so
+    one NMS over all boxes equals an NMS per group; the additions round the coordinates, which
+    is exactly what torchvision's IoUs see.
+    """
+    if valid is None:
+        valid = tf.ones(tf.shape(boxes)[:-1], tf.bool)
+    neg_inf = tf.constant(-np.inf, tf.float32)
+    hi = tf.reduce_max(tf.where(valid[..., None], boxes, neg_inf), axis=[-2, -1], keepdims=True)
+    hi = tf.where(tf.math.is_finite(hi), hi, 0.0)  # a row with no valid box: offsets unused
+    offsets = tf.cast(idxs, tf.float32)[..., None] * (hi + 1.0)  # (..., N, 1)
+    return boxes + offsets
+
+
+@tf.autograph.experimental.do_not_convert
+def nms_coordinates(boxes, idxs, valid=None):
+    """The coordinates torchvision's batched_nms hands to its NMS, per row of (..., N) boxes.
+
+    boxes (..., N, 4) xyxy, idxs (..., N) int groups, valid (..., N) bool -> (..., N, 4)
+    float32: the raw boxes where a row has more than TORCHVISION_TRICK_MAX_BOXES valid boxes
+    (torchvision then runs one NMS per group on the raw coordinates), else the offset boxes of
+    the coordinate trick. Either way an NMS of one group's boxes at these coordinates is
+    torchvision's NMS of that group.
     """
     boxes = tf.cast(boxes, tf.float32)
     if valid is None:
         valid = tf.ones(tf.shape(boxes)[:-1], tf.bool)
-    big = tf.float32.max
-    lo = tf.reduce_min(tf.where(valid[..., None], boxes, big), axis=[-2, -1], keepdims=True)
-    lo = tf.where(lo == big, tf.zeros_like(lo), lo)  # no valid box at all
-    shifted = boxes - lo + 1.0
-    hi = tf.reduce_max(tf.where(valid[..., None], shifted, 0.0), axis=[-2, -1], keepdims=True)
-    offsets = tf.cast(idxs, tf.float32)[..., None] * (hi + 1.0)  # (..., N, 1)
-    return tf.where(valid[..., None], shifted + offsets, tf.zeros_like(shifted))
+    count = tf.reduce_sum(tf.cast(valid, tf.int32), axis=-1)[..., None, None]  # (..., 1, 1)
+    return tf.where(count > TORCHVISION_TRICK_MAX_BOXES, boxes,
+                    _offset_by_group(boxes, idxs, valid))
 
 
 @tf.autograph.experimental.do_not_convert
 def batched_nms(boxes, scores, idxs, iou_threshold: float, max_output_size=None):
-    """Greedy NMS done independently per value of ``idxs`` (detectron2's batched_nms).
+    """torchvision.ops.batched_nms (what detectron2's batched_nms calls), bit for bit on CPU.
 
     boxes (N, 4) xyxy, scores (N,), idxs (N,) int -> keep (K,) int32 indices into the inputs,
-    sorted by decreasing score. A box is suppressed by a higher-scoring box of its group whose
-    IoU with it is > iou_threshold. max_output_size None keeps all survivors.
+    sorted by decreasing score (ties: lower index first), at most max_output_size (None: all).
+    A box is suppressed by a higher-scoring box of its group whose IoU with it is
+    > iou_threshold. As torchvision does on CPU: for N <= TORCHVISION_TRICK_MAX_BOXES one NMS
+    over the offset boxes of the coordinate trick (whose float32 rounding decides near-ties),
+    for more an NMS per group on the raw coordinates.
     """
+    boxes = tf.cast(boxes, tf.float32)
     scores = tf.cast(scores, tf.float32)
+    idxs = tf.cast(idxs, tf.int32)
+    n = tf.shape(scores)[0]
     if max_output_size is None:
-        max_output_size = tf.shape(scores)[0]
-    shifted = _offset_by_group(boxes, idxs)
-    # tf's NMS op takes (y0, x0, y1, x1); IoU is symmetric in swapping x and y, so xyxy works
-    return tf.image.non_max_suppression(shifted, scores, max_output_size, iou_threshold)
+        max_output_size = n
+    max_output_size = tf.cast(max_output_size, tf.int32)
+    return tf.cond(
+        n > TORCHVISION_TRICK_MAX_BOXES,
+        lambda: _nms_per_group(boxes, scores, idxs, iou_threshold, max_output_size),
+        lambda: _nms(_offset_by_group(boxes, idxs), scores, max_output_size, iou_threshold))
+
+
+def _nms_per_group(boxes, scores, idxs, iou_threshold: float, max_output_size):
+    # torchvision's _batched_nms_vanilla: (N, 4), (N,), (N,) -> keep (<= max_output_size,) int32
+    order = tf.argsort(idxs, stable=True)  # (N,): each group contiguous, by increasing index
+    sorted_ids = tf.gather(idxs, order)
+    starts = tf.cast(tf.where(tf.concat([[True], sorted_ids[1:] != sorted_ids[:-1]], 0))[:, 0],
+                     tf.int32)  # (G,) first position of every group in `order`
+    ends = tf.concat([starts[1:], tf.shape(order)], 0)
+
+    def body(g, kept):
+        members = order[starts[g]:ends[g]]  # (Ng,) indices of group g
+        # a group's survivors past the first max_output_size never reach the overall top
+        sel = _nms(tf.gather(boxes, members), tf.gather(scores, members), max_output_size,
+                   iou_threshold)
+        return g + 1, kept.write(g, tf.gather(members, sel))
+
+    kept = tf.TensorArray(tf.int32, size=tf.size(starts), infer_shape=False,
+                          element_shape=tf.TensorShape([None]))
+    _, kept = tf.while_loop(lambda g, _: g < tf.size(starts), body, (tf.constant(0), kept))
+    kept = tf.sort(kept.concat())  # increasing index, as torchvision's where(keep_mask)
+    order = tf.argsort(tf.gather(scores, kept), direction="DESCENDING", stable=True)
+    return tf.gather(kept, order)[:max_output_size]
 
 
 @tf.autograph.experimental.do_not_convert
-def batched_nms_padded(boxes, scores, iou_threshold: float, max_output_size: int,
-                       idxs=None, valid=None) -> Tuple[tf.Tensor, tf.Tensor]:
-    """NMS on every row of a (B, N) batch at once, fixed-size output (XLA-friendly).
+def nms_rows(boxes, scores, valid, iou_threshold: float,
+             max_output_size: int) -> Tuple[tf.Tensor, tf.Tensor]:
+    """torchvision's nms on every row of a (R, N) batch, fixed-size output.
 
-    boxes (B, N, 4) xyxy, scores (B, N), optional idxs (B, N) int groups (per-group NMS as in
-    `batched_nms`) and valid (B, N) bool (invalid rows never suppress nor survive).
-    Returns keep (B, max_output_size) int32 indices sorted by decreasing score and keep_valid
-    (B, max_output_size) bool; padded entries have index 0 and keep_valid False.
-    Built on tf.image.non_max_suppression_padded, which suppresses at IoU >= iou_threshold
-    (detectron2: >); the two differ only on exact ties.
+    boxes (R, N, 4) xyxy float32 (already through `nms_coordinates` where groups matter),
+    scores (R, N), valid (R, N) bool (invalid boxes never suppress nor survive) ->
+    keep (R, max_output_size) int32 indices sorted by decreasing score and keep_valid
+    (R, max_output_size) bool; padded entries have index 0 and keep_valid False.
     """
-    scores = tf.cast(scores, tf.float32)
-    if valid is None:
-        valid = tf.ones(tf.shape(scores), tf.bool)
-    if idxs is None:
-        idxs = tf.zeros(tf.shape(scores), tf.int32)
-    shifted = _offset_by_group(boxes, idxs, valid)
-    # invalid rows are zero boxes (never selected by the op) with the lowest scores
-    scores = tf.where(valid, scores, tf.float32.min)
-    keep, num = tf.image.non_max_suppression_padded(
-        shifted, scores, max_output_size, iou_threshold=iou_threshold,
-        pad_to_max_output_size=True)
-    keep_valid = tf.range(max_output_size)[None, :] < num[:, None]
-    keep_valid = tf.logical_and(keep_valid, tf.gather(valid, keep, batch_dims=1))
-    return tf.where(keep_valid, keep, 0), keep_valid
+    scores = tf.where(valid, tf.cast(scores, tf.float32), -np.inf)
+
+    def one_row(args):
+        keep, num = _nms(args[0], args[1], max_output_size, iou_threshold, pad_to=True)
+        return keep, tf.range(max_output_size) < num
+
+    return tf.map_fn(one_row, (tf.cast(boxes, tf.float32), scores),
+                     fn_output_signature=(tf.TensorSpec([max_output_size], tf.int32),
+                                          tf.TensorSpec([max_output_size], tf.bool)))
 
 
 def smooth_l1_loss(diff, beta: float):

@@ -203,7 +203,10 @@ class RPN(tf.Module):
         Per level: top-k logits (k = min(PRE_NMS_TOPK, Hl*Wl*A)), decode, clip, drop boxes
         with a side <= MIN_SIZE or non-finite values, NMS; then the POST_NMS_TOPK best over all
         levels per image. Every level is padded to PRE_NMS_TOPK so all (image, level) pairs
-        go through one padded NMS.
+        go through one fixed-shape NMS per row. The NMS is torchvision's batched_nms over an
+        image's valid boxes with idxs = level (see box_ops.nms_coordinates): raw coordinates
+        above TORCHVISION_TRICK_MAX_BOXES valid boxes, else the offset ones; offset levels never overlap, so
+        one NMS per (image, level) row equals it.
         """
         pre_k, post_k = self.pre_nms_topk[training], self.post_nms_topk[training]
         boxes, scores, valid = [], [], []
@@ -223,11 +226,18 @@ class RPN(tf.Module):
         num_levels = len(anchors)
         batch = tf.shape(scores)[0]
         per_level = min(pre_k, post_k)  # no level can contribute more than post_k
+        # detectron2: batched_nms over all levels of an image with idxs = level; the levels'
+        # coordinates are the raw or the offset boxes as torchvision chooses per image
+        levels = tf.broadcast_to(tf.range(num_levels)[:, None], [num_levels, pre_k])
+        nms_boxes = box_ops.nms_coordinates(
+            tf.reshape(boxes, [batch, num_levels * pre_k, 4]),
+            tf.reshape(levels, [1, num_levels * pre_k]),
+            tf.reshape(valid, [batch, num_levels * pre_k]))  # (B, L*K, 4)
         flat_boxes = tf.reshape(boxes, [-1, pre_k, 4])  # (B*L, K, 4)
         flat_scores = tf.reshape(scores, [-1, pre_k])
-        keep, keep_valid = box_ops.batched_nms_padded(
-            flat_boxes, flat_scores, self.nms_thresh, per_level,
-            valid=tf.reshape(valid, [-1, pre_k]))  # (B*L, per_level) each
+        keep, keep_valid = box_ops.nms_rows(
+            tf.reshape(nms_boxes, [-1, pre_k, 4]), flat_scores, tf.reshape(valid, [-1, pre_k]),
+            self.nms_thresh, per_level)  # (B*L, per_level) each
         kept_boxes = tf.reshape(tf.gather(flat_boxes, keep, batch_dims=1),
                                 [batch, num_levels * per_level, 4])
         kept_scores = tf.reshape(tf.gather(flat_scores, keep, batch_dims=1),
