@@ -9,7 +9,7 @@ import pytest
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 BIN = pathlib.Path(sys.executable).parent
-SCRIPT = ROOT / "tests" / "dist_scripts" / "hvd_allreduce.py"
+SCRIPT = ROOT / "tests" / "hvd_allreduce_job.py"
 
 
 def _env():
