@@ -27,9 +27,11 @@ def test_reference_section_without_pytorch_says_how_to_get_it(monkeypatch, tmp_p
     assert reference.reference_python() == os.devnull
 
 
-def test_the_pytorch_worker_imports_nothing_of_tensorflow_or_tfmrcnn():
-    """benchmarks.torch_reference runs in .venv-reference (no TensorFlow, no tfmrcnn)."""
-    code = ("import sys, benchmarks.torch_reference; print(' '.join(sorted(m for m in "
+@pytest.mark.parametrize("module", ["torch_reference", "small_images"])
+def test_the_pytorch_workers_import_nothing_of_tensorflow_or_tfmrcnn(module):
+    """benchmarks.torch_reference and benchmarks.small_images (its detectron2 worker) run in
+    .venv-reference (no TensorFlow, no tfmrcnn)."""
+    code = (f"import sys, benchmarks.{module}; print(' '.join(sorted(m for m in "
             "sys.modules if m.split('.')[0] in ('tensorflow', 'tfmrcnn', 'keras', 'torch'))))")
     out = subprocess.run([sys.executable, "-c", code], env=common.worker_env(),
                          capture_output=True, text=True, check=True).stdout

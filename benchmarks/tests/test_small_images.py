@@ -1,11 +1,8 @@
-"""benchmarks/small_images.py's table logic on fabricated timings (nothing is run or timed), and
-that its detectron2 worker can be imported without TensorFlow."""
-import subprocess
-import sys
-
+"""benchmarks/small_images.py's table logic on fabricated timings (nothing is run or timed); that
+it imports without TensorFlow is tested with the other PyTorch workers (test_sections.py)."""
 import pytest
 
-from benchmarks import common, small_images
+from benchmarks import small_images
 
 
 def test_image_sizes_are_seeded_and_within_the_demo_range():
@@ -43,12 +40,3 @@ def test_summary_divides_our_rate_by_detectron2s_for_each_batch_both_measured():
     (summary,) = small_images.summary_rows(rows)
     assert summary["batch"] == 1 and summary["ours_over_d2"] == pytest.approx(1.5)
     assert (summary["ours_images_per_s"], summary["d2_images_per_s"]) == (3.0, 2.0)
-
-
-def test_the_module_imports_neither_tensorflow_nor_torch():
-    """Its detectron2 worker runs in .venv-reference (no TensorFlow, no tfmrcnn)."""
-    code = ("import sys, benchmarks.small_images; print(' '.join(sorted(m for m in "
-            "sys.modules if m.split('.')[0] in ('tensorflow', 'tfmrcnn', 'keras', 'torch'))))")
-    out = subprocess.run([sys.executable, "-c", code], env=common.worker_env(),
-                         capture_output=True, text=True, check=True).stdout
-    assert out.strip() == ""
