@@ -41,3 +41,25 @@ def logged(log_text: str):
         fields = m.group(2).split()
         out[int(m.group(1))] = {k.rstrip(":"): float(v) for k, v in zip(fields[::2], fields[1::2])}
     return out
+
+
+# the losses every Mask R-CNN with standard heads logs
+STANDARD_LOSSES = ("loss_cls", "loss_box_reg", "loss_mask", "loss_rpn_cls", "total_loss")
+
+
+def assert_trained(out_dir, log, iterations: int, losses) -> None:
+    """What every smoke run shows: a log line per iteration, the named losses logged, all values
+    finite, the checkpoint at iteration 3 (CHECKPOINT_PERIOD 4) and the final one written."""
+    import numpy as np
+
+    assert sorted(log) == list(range(iterations))
+    assert set(losses) <= set(log[iterations - 1])
+    assert all(np.isfinite(v) for values in log.values() for v in values.values())
+    out_dir = pathlib.Path(out_dir)
+    assert (out_dir / "model_0000003.npz").exists() and (out_dir / "model_final.npz").exists()
+
+
+def assert_resumed(log_text: str, start: int, stop: int) -> None:
+    """The second launch resumed at `start` and logged iterations start..stop-1 only."""
+    assert "Resumed from" in log_text and f"at iteration {start}" in log_text
+    assert sorted(logged(log_text.split("Resumed from")[1])) == list(range(start, stop))

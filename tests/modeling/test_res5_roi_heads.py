@@ -289,18 +289,14 @@ TINY_C4 = ("MODEL.BACKBONE.NAME=build_resnet_backbone", "MODEL.RESNETS.OUT_FEATU
 
 @pytest.mark.slow
 def test_two_processes_train_a_tiny_c4_checkpoint_and_resume(tmp_path):
-    from shapes_horovod_train import horovod_train, logged
+    from shapes_horovod_train import (STANDARD_LOSSES, assert_resumed, assert_trained,
+                                      horovod_train, logged)
 
     log = logged(horovod_train(tmp_path, 8, *TINY_C4))
-    assert sorted(log) == list(range(8))
-    assert {"loss_cls", "loss_box_reg", "loss_mask", "loss_rpn_cls", "total_loss"} <= set(log[7])
-    assert all(np.isfinite(v) for values in log.values() for v in values.values())
+    assert_trained(tmp_path, log, 8, STANDARD_LOSSES)
     # the logged values are medians since iteration 0: a falling loss shows at the end
     assert log[7]["total_loss"] < log[0]["total_loss"]
     assert log[7]["loss_mask"] < log[0]["loss_mask"]
-    assert (tmp_path / "model_0000003.npz").exists() and (tmp_path / "model_final.npz").exists()
     with np.load(tmp_path / "model_final.npz") as weights:
         assert "roi_heads.res5.0.conv1.weight" in weights.files
-    resumed = horovod_train(tmp_path, 12, *TINY_C4)
-    assert "Resumed from" in resumed and "at iteration 8" in resumed
-    assert sorted(logged(resumed.split("Resumed from")[1])) == list(range(8, 12))
+    assert_resumed(horovod_train(tmp_path, 12, *TINY_C4), 8, 12)

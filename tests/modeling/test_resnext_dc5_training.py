@@ -25,21 +25,17 @@ GROUPS = 4
 
 @pytest.mark.slow
 def test_two_processes_train_and_resume_a_resnext_dc5(tmp_path):
-    from shapes_horovod_train import horovod_train, logged
+    from shapes_horovod_train import (STANDARD_LOSSES, assert_resumed, assert_trained,
+                                      horovod_train, logged)
 
     log = logged(horovod_train(tmp_path, 6, *TINY_X_DC5))
-    assert sorted(log) == list(range(6))
-    assert {"loss_cls", "loss_box_reg", "loss_mask", "loss_rpn_cls", "total_loss"} <= set(log[5])
-    assert all(np.isfinite(v) for values in log.values() for v in values.values())
+    assert_trained(tmp_path, log, 6, STANDARD_LOSSES)
     # the logged values are medians since iteration 0: a falling loss shows at the end
     assert log[5]["total_loss"] < log[0]["total_loss"]
-    assert (tmp_path / "model_0000003.npz").exists() and (tmp_path / "model_final.npz").exists()
     with np.load(tmp_path / "model_final.npz") as weights:
         # checkpoints keep tfmrcnn's HWIO layout: (3, 3, in / groups, out) with in == out,
         # in res3 (strided grouped 3x3) and in the dilated res5
         for key in ("backbone.res3.0.conv2.weight", "backbone.res5.0.conv2.weight",
                     "backbone.res5.2.conv2.weight"):
             assert weights[key].shape[2] * GROUPS == weights[key].shape[3], key
-    resumed = horovod_train(tmp_path, 8, *TINY_X_DC5)
-    assert "Resumed from" in resumed and "at iteration 6" in resumed
-    assert sorted(logged(resumed.split("Resumed from")[1])) == [6, 7]
+    assert_resumed(horovod_train(tmp_path, 8, *TINY_X_DC5), 6, 8)
