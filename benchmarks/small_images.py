@@ -25,8 +25,8 @@ Each side runs in its own worker process (ours: this environment; detectron2:
 the images twice at batch 1: the first pass includes tracing (ours) / the first call (both), the
 second is the steady state; then once at batch 4 (already warm: one compiled function serves
 every batch and image size). Rows per side and batch: ``first_call_s`` (the first batch of the
-first pass, whatever it traced: meaningful at batch 1), ``per_image_s`` (median wall per image of the second pass: per batch /
-batch size), ``images_per_s`` (second pass, whole loop), ``first_pass_images_per_s``. Then one
+first pass, whatever it traced: meaningful at batch 1), ``per_image_s`` (median wall per
+image of the second pass: per batch / batch size), ``images_per_s`` (second pass, whole loop), ``first_pass_images_per_s``. Then one
 summary row per batch: ``ours_over_d2`` = our images/s / detectron2's (> 1: ours is faster).
 
 Everything lives under output/bench_small_images/<arch> (the images and detectron2's weights

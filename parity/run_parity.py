@@ -8,8 +8,9 @@ Steps (outputs under --workdir):
    (`parity/_d2_worker.py shapes`, run with --reference-python); `parity.weights` draws seeded
    random weights for those names and shapes (NumPy) into weights.pkl, calibrates the output
    layers' scales on the first image (`_d2_worker.py calibrate`, scales.json) and draws them
-   again with those scales; DefaultPredictor runs on the images (`_d2_worker.py predict`). The d2/ step is reused when its files exist (same
-   config, seed, sizes and parity code: the manifest is checked), --rerun-d2 redoes it;
+   again with those scales; DefaultPredictor runs on the images (`_d2_worker.py predict`).
+   The d2/ step is reused when its files exist (same config, seed, sizes and parity code: the
+   manifest is checked), --rerun-d2 redoes it;
 3. gt.json: annotations derived from detectron2's detections (`parity.images`);
 4. tfmrcnn: tfmrcnn-convert of weights.pkl with the dumped detectron2 config, then every path
    of --paths: tfmrcnn-eval (on gt.json), tfmrcnn-predict (on images/), the SavedModel of

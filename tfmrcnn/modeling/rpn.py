@@ -205,8 +205,8 @@ class RPN(tf.Module):
         levels per image. Every level is padded to PRE_NMS_TOPK so all (image, level) pairs
         go through one fixed-shape NMS per row. The NMS is torchvision's batched_nms over an
         image's valid boxes with idxs = level (see box_ops.nms_coordinates): raw coordinates
-        above TORCHVISION_TRICK_MAX_BOXES valid boxes, else the offset ones; offset levels never overlap, so
-        one NMS per (image, level) row equals it.
+        above TORCHVISION_TRICK_MAX_BOXES valid boxes, else the offset ones; offset levels never
+        overlap, so one NMS per (image, level) row equals it.
         """
         pre_k, post_k = self.pre_nms_topk[training], self.post_nms_topk[training]
         boxes, scores, valid = [], [], []
