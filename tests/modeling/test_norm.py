@@ -170,6 +170,27 @@ def test_group_norm():
     assert {v.name for v in n.variables} == {"g.norm.weight:0", "g.norm.bias:0"}
 
 
+def test_group_norm_on_a_backbone_sized_map_is_float32_accurate():
+    """A stem-sized map (200 x 272, 435,200 values per group, group mean / std ~0.5 as in a
+    GN ResNet's stem): the float32 statistics must stay within float32 rounding of float64.
+    One multi-axis reduce_mean put the output 2e-3 off (1e-4 rms), enough to flip detections
+    against detectron2 (PyTorch sums in a cascade); see norm.staged_mean."""
+    x = (RNG.normal(size=(1, 200, 272, 64)) + RNG.uniform(-0.6, 0.6, size=64)).astype(np.float32)
+    got = GroupNorm("g", 64)(tf.constant(x)).numpy()
+    want = _np_group_norm(x.astype(np.float64), 32, 1.0, 0.0)
+    assert np.abs(got - want).max() < 2e-5
+    assert np.sqrt(np.mean((got - want) ** 2)) < 1e-6
+
+
+def test_batch_moments_on_a_large_batch_are_float32_accurate():
+    x = (RNG.normal(size=(2, 256, 320, 8)) * 0.5 + 1.0).astype(np.float32)
+    bn = BatchNorm("b", 8)
+    mean, var, _ = bn._batch_moments(tf.constant(x))
+    x64 = x.astype(np.float64)
+    np.testing.assert_allclose(mean, x64.mean(axis=(0, 1, 2)), rtol=1e-6)
+    np.testing.assert_allclose(var, x64.var(axis=(0, 1, 2)), rtol=1e-5)
+
+
 def test_group_norm_dynamic_shape_in_tf_function():
     n = GroupNorm("g", 32)
     f = tf.function(lambda x: n(x), input_signature=[tf.TensorSpec([None, None, None, 32])])
