@@ -204,3 +204,30 @@ def test_mask_inference_is_sigmoid_of_predicted_class():
     # class-agnostic: the single channel whatever the class
     got1 = mh.mask_rcnn_inference(tf.constant(logits[..., :1]), tf.constant(classes)).numpy()
     np.testing.assert_allclose(got1, 1.0 / (1.0 + np.exp(-logits[..., 0])), rtol=1e-5, atol=1e-6)
+
+
+def test_deconv_2x2_stride_2_matches_numpy_definition_and_tf_gradients():
+    """ConvTranspose2D (matmul + depth_to_space) against the definition of PyTorch's
+    ConvTranspose2d(k=2, stride=2): y[n, 2i+a, 2j+b, o] = sum_c x[n, i, j, c] W[c, o, a, b] + b[o]
+    (our weight is (a, b, o, c)), and its gradients against tf.nn.conv2d_transpose's."""
+    from tfmrcnn.modeling.layers import ConvTranspose2D
+    rng = np.random.default_rng(3)
+    layer = ConvTranspose2D("d", 5, 3)
+    layer.weight.assign(rng.normal(size=(2, 2, 3, 5)).astype(np.float32))
+    layer.bias.assign(rng.normal(size=3).astype(np.float32))
+    x = rng.normal(size=(2, 4, 3, 5)).astype(np.float32)
+    w, b = layer.weight.numpy(), layer.bias.numpy()
+    want = np.zeros((2, 8, 6, 3))
+    for a in range(2):
+        for bb in range(2):
+            want[:, a::2, bb::2, :] = np.einsum("nijc,oc->nijo", x, w[a, bb]) + b
+    xt = tf.constant(x)
+    with tf.GradientTape(persistent=True) as tape:
+        tape.watch(xt)
+        y = layer(xt)
+        ref = tf.nn.conv2d_transpose(xt, layer.weight, [2, 8, 6, 3], 2, "VALID") + layer.bias
+        loss, ref_loss = tf.reduce_sum(y * y), tf.reduce_sum(ref * ref)
+    np.testing.assert_allclose(y.numpy(), want, rtol=1e-5, atol=1e-5)
+    for got, expected in zip(tape.gradient(loss, [xt, layer.weight, layer.bias]),
+                             tape.gradient(ref_loss, [xt, layer.weight, layer.bias])):
+        np.testing.assert_allclose(got.numpy(), expected.numpy(), rtol=1e-5, atol=1e-4)

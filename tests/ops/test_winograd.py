@@ -150,7 +150,7 @@ def test_conv2d_layer_uses_winograd_for_3x3_stride_1_only(norm):
     rng = np.random.default_rng(5)
     direct, wino = _conv_pair(rng, 3, 1, norm)
     assert wino.winograd and not direct.winograd
-    x = tf.constant(rng.normal(0, 1, (2, 9, 14, 16)).astype(np.float32))
+    x = tf.constant(rng.normal(0, 1, (2, 12, 14, 16)).astype(np.float32))  # >= min_pixels
     ref = direct(x).numpy()
     np.testing.assert_allclose(wino(x).numpy(), ref, rtol=0, atol=2e-5 * np.abs(ref).max())
     # bfloat16 inputs keep the direct path (same dtype out)
@@ -164,7 +164,7 @@ def test_conv2d_layer_gradients_through_the_fused_epilogue():
     direct, wino = _conv_pair(rng, 3, 1, norm=False)  # bias + ReLU, both fused
     direct.bias.assign(rng.normal(0, 3, 8).astype(np.float32))
     wino.bias.assign(direct.bias)
-    x = tf.constant(rng.normal(0, 1, (1, 7, 5, 16)).astype(np.float32))
+    x = tf.constant(rng.normal(0, 1, (1, 17, 15, 16)).astype(np.float32))  # >= min_pixels
     grads = []
     for layer in (direct, wino):
         with tf.GradientTape() as tape:
@@ -174,3 +174,33 @@ def test_conv2d_layer_gradients_through_the_fused_epilogue():
     assert (direct(x).numpy() == 0).any()
     for g_direct, g_wino in zip(*grads):
         np.testing.assert_allclose(g_wino, g_direct, rtol=0, atol=1e-4 * np.abs(g_direct).max())
+
+
+def _op_types(fn, spec):
+    graph = tf.function(fn).get_concrete_function(spec).graph
+    types = {op.type for op in graph.get_operations()}
+    for f in graph.as_graph_def().library.function:  # tf.cond branches
+        types |= {node.op for node in f.node_def}
+    return types
+
+
+def test_conv2d_layer_runs_the_direct_conv_below_min_pixels():
+    """Few output pixels per call: the kernel transform would cost more than Winograd saves,
+    so the layer runs the direct conv there (bit-identical to a layer without Winograd)."""
+    from tfmrcnn.ops.winograd import MIN_PIXELS, MIN_PIXELS_LARGE_KERNEL, min_pixels
+    assert min_pixels(16, 8) == MIN_PIXELS and min_pixels(256, 256) == MIN_PIXELS_LARGE_KERNEL
+    rng = np.random.default_rng(7)
+    direct, wino = _conv_pair(rng, 3, 1, norm=False)
+    small = tf.TensorSpec((2, 9, 14, 16), tf.float32)  # 252 pixels
+    large = tf.TensorSpec((2, 12, 14, 16), tf.float32)  # 336 pixels
+    assert "WinogradInputTransform" not in _op_types(wino, small)
+    assert "WinogradInputTransform" in _op_types(wino, large)
+    # shape known only at run time: both in the graph, chosen per call
+    dynamic = tf.function(wino, input_signature=[tf.TensorSpec((None, None, None, 16))])
+    for shape in ((2, 9, 14, 16), (1, 3, 5, 16)):
+        x = tf.constant(rng.normal(0, 1, shape).astype(np.float32))
+        np.testing.assert_array_equal(dynamic(x).numpy(), direct(x).numpy())
+    x = tf.constant(rng.normal(0, 1, (2, 12, 14, 16)).astype(np.float32))
+    np.testing.assert_array_equal(dynamic(x).numpy(), wino(x).numpy())
+    ref = direct(x).numpy()
+    np.testing.assert_allclose(dynamic(x).numpy(), ref, rtol=0, atol=2e-5 * np.abs(ref).max())

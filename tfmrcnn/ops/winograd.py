@@ -28,6 +28,22 @@ _G = np.array([[1 / 4, 0, 0],
                [0, 0, 1]])
 
 
+# Below these output pixel counts per call (N * H * W) the direct convolution is faster: the
+# kernel transform writes 36 * C * K values on every call, which only enough tiles pay back, and
+# at 256 x 256 channels and more those no longer fit the cache. Measured on the 2-core AVX2 EPYC
+# (forward, C = K): break-even ~1000 pixels at 256 and 512 channels (512 at 8 x 10: direct 12 ms,
+# Winograd 73 ms), ~300 at 128 and below (docs/PERFORMANCE.md, "Winograd or direct").
+MIN_PIXELS_LARGE_KERNEL = 1024
+MIN_PIXELS = 256
+LARGE_KERNEL = 256 * 256  # C * K
+
+
+def min_pixels(in_channels: int, out_channels: int) -> int:
+    """Fewest output pixels (N * H * W) of one call for which Winograd beats the direct conv."""
+    large = in_channels * out_channels >= LARGE_KERNEL
+    return MIN_PIXELS_LARGE_KERNEL if large else MIN_PIXELS
+
+
 def transform_kernel(kernel):
     """(3, 3, C, K) HWIO kernel -> (36, C, K): G g G^T for every (C, K) pair.
 
