@@ -96,6 +96,16 @@ def test_cpu_horovod_build_gloo_and_mpi_without_gpu_operations(tmp_path):
         "/venv/site-packages/tensorflow/include/external/farmhash_archive/src"]
     assert build.expect == {"gloo": True, "mpi": True, "nccl": False}
     assert build.cache_key == "horovod-0.28.1-tf2.21.0-py311-cpu-gloo+mpi"
+    # RelWithDebInfo without -g: the toolchain file CMake reads from the environment
+    toolchain = build.env["CMAKE_TOOLCHAIN_FILE"]
+    assert os.path.dirname(toolchain) == str(tmp_path)
+    flags = dict(re.findall(r'set\((CMAKE_\w+_FLAGS_RELWITHDEBINFO_INIT) "([^"]*)"\)',
+                            build.files[toolchain]))
+    assert set(flags) == {f"CMAKE_{lang}_FLAGS_RELWITHDEBINFO_INIT" for lang in ("C", "CXX", "CUDA")}
+    assert all(f.split() == ["-O2", "-DNDEBUG"] for f in flags.values())
+    plan.make_shims(build)
+    with open(toolchain) as f:
+        assert f.read() == build.files[toolchain]
     no_mpi = plan.horovod_build("cpu", dataclasses.replace(CPU_HOST, has_mpi=False), "2.21.0",
                                 shim_dir=str(tmp_path))
     assert no_mpi.env["HOROVOD_WITHOUT_MPI"] == "1" and "HOROVOD_WITH_MPI" not in no_mpi.env
