@@ -14,6 +14,7 @@ loading and batching around them.
 """
 from __future__ import annotations
 
+import weakref
 from typing import Dict, List, Sequence
 
 import numpy as np
@@ -24,10 +25,22 @@ from tfmrcnn.inference.preprocess import InputSpec, preprocess_images
 __all__ = ["Predictor", "inference_callable"]
 
 
+# model -> its compiled inference function, shared by every Predictor of that model: each
+# evaluation during training, the final one and the pictures after it then trace it once
+# (tracing the demo's model takes ~20 s on 2 cores). Weak keys: a dropped model drops its entry.
+# Python switches read while tracing (norm.use_batch_statistics_at_test) are set before the
+# first Predictor of a model (tfmrcnn-eval does), as the function keeps what it traced.
+_COMPILED = weakref.WeakKeyDictionary()
+
+
 def inference_callable(model):
-    """The function (images, image_sizes) -> outputs of a model: compiled when it offers one."""
+    """The function (images, image_sizes) -> outputs of a model: compiled when it offers one
+    (one compiled function per model, reused)."""
     if hasattr(model, "make_inference_fn"):
-        return model.make_inference_fn()
+        fn = _COMPILED.get(model)
+        if fn is None:
+            fn = _COMPILED[model] = model.make_inference_fn()
+        return fn
     if hasattr(model, "inference"):
         return model.inference
     return model

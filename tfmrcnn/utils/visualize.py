@@ -200,8 +200,9 @@ def make_train_vis_fn(cfg, model, num_images=2):
     score >= VIS_SCORE_THRESHOLD (right), as the model sees them (resized)."""
     from tfmrcnn.inference.paste import paste_masks_in_image
     from tfmrcnn.inference.postprocess import unbatch_outputs
+    from tfmrcnn.inference.predictor import inference_callable
 
-    infer = model.make_inference_fn()
+    infer = inference_callable(model)  # shared with evaluation (one tracing)
     names = _class_names(cfg.DATASETS.TRAIN[0])
 
     def vis_fn(batch, iteration):
