@@ -37,3 +37,4 @@ def test_benchmark_driver_runs_the_custom_op_sections():
     conv_rows = [line.split() for line in lines if line.startswith("conv3x3 ")]
     assert [r[3] for r in conv_rows] == ["direct", "winograd"]
     assert float(conv_rows[1][-1]) < 1e-4  # the Winograd result's error against direct
+    assert conv_rows[1][-2] == "winograd"  # what Conv2D picks at 1x24x40 (>= min_pixels)
