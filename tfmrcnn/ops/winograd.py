@@ -31,8 +31,9 @@ _G = np.array([[1 / 4, 0, 0],
 # Below these output pixel counts per call (N * H * W) the direct convolution is faster: the
 # kernel transform writes 36 * C * K values on every call, which only enough tiles pay back, and
 # at 256 x 256 channels and more those no longer fit the cache. Measured on the 2-core AVX2 EPYC
-# (forward, C = K): break-even ~1000 pixels at 256 and 512 channels (512 at 8 x 10: direct 12 ms,
-# Winograd 73 ms), ~300 at 128 and below (docs/PERFORMANCE.md, "Winograd or direct").
+# (forward, C = K): break-even ~1000 pixels at 256 and 512 channels (512 at 8 x 10: direct 9 ms,
+# Winograd 16 ms; at 25 x 42: 71 against 48 ms), ~300 at 128 and below (docs/PERFORMANCE.md,
+# "Winograd F(4x4,3x3) per convolution").
 MIN_PIXELS_LARGE_KERNEL = 1024
 MIN_PIXELS = 256
 LARGE_KERNEL = 256 * 256  # C * K
