@@ -255,8 +255,8 @@ def _nms_per_group(boxes, scores, idxs, iou_threshold: float, max_output_size):
     # torchvision's _batched_nms_vanilla: (N, 4), (N,), (N,) -> keep (<= max_output_size,) int32
     order = tf.argsort(idxs, stable=True)  # (N,): each group contiguous, by increasing index
     sorted_ids = tf.gather(idxs, order)
-    starts = tf.cast(tf.where(tf.concat([[True], tf.not_equal(sorted_ids[1:], sorted_ids[:-1])], 0))[:, 0],
-                     tf.int32)  # (G,) first position of every group in `order`
+    first = tf.concat([[True], tf.not_equal(sorted_ids[1:], sorted_ids[:-1])], 0)  # (N,)
+    starts = tf.cast(tf.where(first)[:, 0], tf.int32)  # (G,) first position of every group
     ends = tf.concat([starts[1:], tf.shape(order)], 0)
 
     def body(g, kept):

@@ -238,7 +238,7 @@ class ConvTranspose2D(NamedModule):
         # matmul gives all blocks' values, depth_to_space puts them in place. Same sums as
         # tf.nn.conv2d_transpose, whose CPU kernel (Conv2DBackpropInput) took 41 ms of a
         # 100-ROI mask head where this takes a few (2-core AVX2 EPYC).
-        k, cin = self.k, tf.shape(x)[3]
+        k, cin = self.k, self.weight.shape[3]
         shape = tf.shape(x)
         weight = tf.cast(self.weight, x.dtype)  # (k, k, Cout, Cin)
         weight = tf.reshape(tf.transpose(weight, [3, 0, 1, 2]), [cin, k * k * self.out_channels])
